@@ -1,0 +1,1 @@
+"""Persistence: tables derived from the model, the write path, the object cache."""
