@@ -1,0 +1,135 @@
+"""The aiohttp application: routes, body limits, CORS and error framing.
+
+Paths as xapi's HTTP server matches them (longest prefix): ``/jsonrpc``
+takes JSON-RPC; every other POST (``/``, ``/RPC2``, ``/xmlrpc``, ``/json`` …)
+falls back to the ``/`` handler, which takes XML-RPC.  API failures travel
+inside a 200 response; only unreadable requests get an HTTP error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from xapi.context import Context, Runtime
+from xapi.errors import ApiError
+
+from . import jsonrpc, xmlrpc
+from .dispatch import Dispatcher
+from .xmlrpc import ProtocolError
+
+log = logging.getLogger("xapi.api")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+
+_CORS = {"Access-Control-Allow-Origin": "*"}
+_XML_HEADERS = {"Content-Type": xmlrpc.CONTENT_TYPE, **_CORS}
+_JSON_HEADERS = {"Content-Type": jsonrpc.CONTENT_TYPE, **_CORS}
+_PREFLIGHT = {**_CORS, "Access-Control-Allow-Headers": "X-Requested-With"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: web.Request) -> bytes:
+    limit = request.app[RUNTIME].config.max_rpc_size
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_page(status: int, reason: str, detail: str) -> web.Response:
+    html = (
+        f"<html><body><h1>HTTP {status} {reason}</h1>"
+        f"{xmlrpc.escape(detail)}</body></html>"
+    )
+    return web.Response(
+        status=status, body=html.encode(), headers={"Content-Type": "text/html", **_CORS}
+    )
+
+
+def _is_local(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
+def _context(request: web.Request, fmt: str) -> Context:
+    return Context(
+        rt=request.app[RUNTIME],
+        fmt=fmt,
+        local=_is_local(request),
+        headers={k.lower(): v for k, v in request.headers.items()},
+    )
+
+
+def _internal(exc: Exception) -> list[str]:
+    log.exception("unexpected failure")
+    return ["INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"]
+
+
+async def handle_xmlrpc(request: web.Request) -> web.Response:
+    try:
+        body = await _read_body(request)
+    except BodyTooLarge:
+        return _error_page(413, "Request Entity Too Large", "request body exceeds the RPC size limit")
+    try:
+        method, params = xmlrpc.decode_request(body)
+    except ProtocolError as exc:
+        return _error_page(500, "Internal Server Error", str(exc))
+    ctx = _context(request, "xml")
+    try:
+        value = await request.app[DISPATCHER].call(ctx, method, params)
+        out = xmlrpc.bare(value) if method == "system.listMethods" else xmlrpc.success(value)
+    except ApiError as exc:
+        out = xmlrpc.failure(exc.description)
+    except Exception as exc:  # never a traceback to the client
+        out = xmlrpc.failure(_internal(exc))
+    return web.Response(body=out, headers=_XML_HEADERS)
+
+
+async def handle_jsonrpc(request: web.Request) -> web.Response:
+    try:
+        body = await _read_body(request)
+    except BodyTooLarge:
+        return _error_page(413, "Request Entity Too Large", "request body exceeds the RPC size limit")
+    try:
+        call = jsonrpc.decode_request(body)
+    except ProtocolError as exc:
+        return _error_page(500, "Internal Server Error", str(exc))
+    ctx = _context(request, "json")
+    try:
+        value = await request.app[DISPATCHER].call(ctx, call.method, call.params)
+        out = jsonrpc.success(call, value)
+    except ApiError as exc:
+        out = jsonrpc.failure(call, exc.description)
+    except Exception as exc:
+        out = jsonrpc.failure(call, _internal(exc))
+    return web.Response(body=out, headers=_JSON_HEADERS)
+
+
+async def handle_preflight(request: web.Request) -> web.Response:
+    return web.Response(status=200, headers=_PREFLIGHT)
+
+
+async def handle_post(request: web.Request) -> web.Response:
+    if request.path == "/jsonrpc" or request.path.startswith("/jsonrpc/"):
+        return await handle_jsonrpc(request)
+    return await handle_xmlrpc(request)
+
+
+def create_app(rt: Runtime) -> web.Application:
+    app = web.Application(client_max_size=rt.config.max_rpc_size + 1)
+    app[RUNTIME] = rt
+    app[DISPATCHER] = Dispatcher(rt)
+    app.router.add_route("POST", "/{tail:.*}", handle_post)
+    app.router.add_route("OPTIONS", "/{tail:.*}", handle_preflight)
+    return app

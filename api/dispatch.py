@@ -1,0 +1,116 @@
+"""From a decoded call to its result, as xapi's generated dispatcher does.
+
+Order of checks (xapi's ``gen_server.ml`` / ``server_helpers.ml``):
+name resolution (``Async.`` prefix, ``Class_message`` aliases) →
+``MESSAGE_METHOD_UNKNOWN`` / ``MESSAGE_REMOVED`` → parameter count →
+parameter types → session check → implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from xapi import sessions
+from xapi.context import Context, Runtime
+from xapi.errors import ApiError
+from xapi.idl.model import Message
+from xapi.impl import Handler, load_all
+
+from . import implicit
+from .params import ParamTypeError, coerce
+
+log = logging.getLogger("xapi.dispatch")
+
+SYSTEM_METHODS = ("system.listMethods", "system.isAlive")
+
+
+@dataclass(slots=True)
+class Route:
+    message: Message
+    handler: Handler | None
+
+
+class Dispatcher:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.model = rt.model
+        custom = load_all()
+        self.routes: dict[str, Route] = {}
+        self.aliases: dict[str, str] = {}
+        for wire, message in self.model.methods.items():
+            handler = custom.get(wire) or implicit.handler_for(self.model, message)
+            self.routes[wire] = Route(message, handler)
+            self.aliases[f"{message.cls}_{message.name}"] = wire
+        self.method_list = sorted(self.routes) + list(SYSTEM_METHODS)
+
+    def resolve(self, method: str) -> tuple[Route | None, bool]:
+        """The route for a wire name, and whether it was called as ``Async.``."""
+        is_async = False
+        for prefix in ("Async.", "InternalAsync."):
+            if method.startswith(prefix):
+                method, is_async = method[len(prefix):], True
+                break
+        route = self.routes.get(method)
+        if route is None and not is_async:
+            wire = self.aliases.get(method)
+            route = self.routes.get(wire) if wire else None
+        return route, is_async
+
+    async def call(self, ctx: Context, method: str, params: list[Any]) -> Any:
+        route, is_async = self.resolve(method)
+        if route is None:
+            return await self._unknown(ctx, method, params)
+        message = route.message
+        ctx.method = message.wire_name
+        if message.lifecycle == "removed":
+            raise ApiError("MESSAGE_REMOVED")
+        args = params[1:] if message.session else list(params)
+        if len(args) < message.required_count:
+            received = len(params) - 1 if message.session else len(params)
+            raise ApiError(
+                "MESSAGE_PARAMETER_COUNT_MISMATCH",
+                message.wire_name, message.required_count, max(received, 0),
+            )
+        typed = self._unmarshal(message, args)
+        if message.session:
+            ctx.session = await sessions.check(ctx, params[0])
+        if is_async:
+            if not message.async_:
+                raise ApiError("Fault", f"No async mode for this operation (rpc: {method})")
+            raise ApiError("NOT_IMPLEMENTED", method)
+        return await self.run(ctx, route, typed)
+
+    async def run(self, ctx: Context, route: Route, args: list[Any]) -> Any:
+        handler = route.handler
+        if handler is None:
+            raise ApiError("NOT_IMPLEMENTED", route.message.wire_name)
+        if handler.mode == "read":
+            return handler.fn(ctx, *args)
+        if handler.mode == "async":
+            return await handler.fn(ctx, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.rt.executor, handler.fn, ctx, *args)
+
+    def _unmarshal(self, message: Message, args: list[Any]) -> list[Any]:
+        typed = []
+        for i, param in enumerate(message.params):
+            if i >= len(args):
+                typed.append(param.default)
+                continue
+            try:
+                typed.append(coerce(self.model, param.type, args[i]))
+            except ParamTypeError as exc:
+                raise ApiError("FIELD_TYPE_ERROR", param.name) from exc
+        return typed
+
+    async def _unknown(self, ctx: Context, method: str, params: list[Any]) -> Any:
+        if method == "system.listMethods":
+            return self.method_list
+        if method.startswith("system.isAlive"):
+            return params[0] if params else ""
+        if params:
+            await sessions.check(ctx, params[0])
+        raise ApiError("MESSAGE_METHOD_UNKNOWN", method)

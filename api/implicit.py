@@ -1,0 +1,277 @@
+"""The implicit messages of every class, served generically from the model.
+
+``get_<field>``, ``set_<field>``, ``add_to_<map>``/``remove_from_<map>``,
+``add_<set>``/``remove_<set>``, ``get_record``, ``get_by_uuid``,
+``get_by_name_label``, ``get_all``, ``get_all_records``, ``get_all_where``,
+``get_all_records_where``, ``create`` and ``destroy``.  Reads are answered
+from the object cache on the event loop; writes run in the thread pool
+through the database's single write path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from xapi import where
+from xapi.context import Context
+from xapi.errors import ApiError
+from xapi.idl.model import Cls, Field, Message, Model
+from xapi.impl import Handler
+from xapi.refs import make_ref, make_uuid
+
+from .params import ParamTypeError, coerce
+from .records import all_encoded, encoded
+
+
+def _row(ctx: Context, cls: str, ref: str):
+    row = ctx.rt.cache.get(cls, ref)
+    if row is None:
+        raise ApiError("HANDLE_INVALID", cls, ref)
+    return row
+
+
+# -- reads ---------------------------------------------------------------------
+
+
+def getter(cls: str, field: str) -> Callable:
+    def get(ctx: Context, ref: str):
+        cache = ctx.rt.cache
+        return cache.field(cls, _row(ctx, cls, ref), field)
+
+    return get
+
+
+def get_record(cls: str) -> Callable:
+    def get(ctx: Context, ref: str):
+        return encoded(ctx.rt.cache, cls, _row(ctx, cls, ref), ctx.fmt)
+
+    return get
+
+
+def get_by_uuid(cls: str) -> Callable:
+    def get(ctx: Context, uuid: str):
+        ref = ctx.rt.cache.ref_by_uuid(cls, uuid)
+        if ref is None:
+            raise ApiError("UUID_INVALID", cls, uuid)
+        return ref
+
+    return get
+
+
+def get_by_name_label(cls: str) -> Callable:
+    def get(ctx: Context, label: str):
+        return [r.ref for r in ctx.rt.cache.rows(cls) if r.values.get("name_label") == label]
+
+    return get
+
+
+def get_all(cls: str) -> Callable:
+    def get(ctx: Context):
+        return list(ctx.rt.cache.tables[cls])
+
+    return get
+
+
+def get_all_records(cls: str) -> Callable:
+    def get(ctx: Context):
+        cache = ctx.rt.cache
+        return all_encoded(cache, cls, cache.rows(cls), ctx.fmt)
+
+    return get
+
+
+def _matching(ctx: Context, cls: str, expr: str) -> list:
+    try:
+        predicate = where.parse(expr)
+    except where.WhereSyntaxError as exc:
+        raise ApiError("INVALID_VALUE", expr, str(exc)) from None
+    cache = ctx.rt.cache
+    fields = cache.classes[cls].fields
+    out = []
+    for row in cache.rows(cls):
+        def column(name: str, row=row):
+            f = fields.get(where.column_to_field(name))
+            if f is None:
+                return None
+            return where.db_string(f.type, cache.field(cls, row, f.name))
+
+        if predicate.evaluate(column):
+            out.append(row)
+    return out
+
+
+def get_all_where(cls: str) -> Callable:
+    def get(ctx: Context, expr: str):
+        return [row.ref for row in _matching(ctx, cls, expr)]
+
+    return get
+
+
+def get_all_records_where(cls: str) -> Callable:
+    def get(ctx: Context, expr: str):
+        return all_encoded(ctx.rt.cache, cls, _matching(ctx, cls, expr), ctx.fmt)
+
+    return get
+
+
+# -- writes --------------------------------------------------------------------
+
+
+def setter(cls: str, field: str) -> Callable:
+    def set_(ctx: Context, ref: str, value: Any):
+        with ctx.rt.db.write() as tx:
+            tx.update(cls, ref, {field: value})
+        return ""
+
+    return set_
+
+
+def map_add(cls: str, field: str) -> Callable:
+    def add(ctx: Context, ref: str, key: Any, value: Any):
+        with ctx.rt.db.write() as tx:
+            current = tx.must_get(cls, ref)[field]
+            if key in current:
+                raise ApiError("MAP_DUPLICATE_KEY", cls, field, ref, key)
+            tx.update(cls, ref, {field: {**current, key: value}})
+        return ""
+
+    return add
+
+
+def map_remove(cls: str, field: str) -> Callable:
+    def remove(ctx: Context, ref: str, key: Any):
+        with ctx.rt.db.write() as tx:
+            current = tx.must_get(cls, ref)[field]
+            if key in current:
+                tx.update(cls, ref, {field: {k: v for k, v in current.items() if k != key}})
+        return ""
+
+    return remove
+
+
+def set_add(cls: str, field: str) -> Callable:
+    def add(ctx: Context, ref: str, value: Any):
+        with ctx.rt.db.write() as tx:
+            current = tx.must_get(cls, ref)[field]
+            if value not in current:
+                tx.update(cls, ref, {field: [*current, value]})
+        return ""
+
+    return add
+
+
+def set_remove(cls: str, field: str) -> Callable:
+    def remove(ctx: Context, ref: str, value: Any):
+        with ctx.rt.db.write() as tx:
+            current = tx.must_get(cls, ref)[field]
+            if value in current:
+                tx.update(cls, ref, {field: [v for v in current if v != value]})
+        return ""
+
+    return remove
+
+
+def constructor_values(model: Model, spec: Cls, message: Message, record: dict) -> dict:
+    """Typed field values for ``create`` from the client's record struct."""
+    values: dict[str, Any] = {}
+    for name, required in message.constructor_fields:
+        f = spec.fields.get(name)
+        if f is None or f.derived is not None:
+            continue
+        if name not in record:
+            if required and not f.has_default:
+                raise ApiError("FIELD_TYPE_ERROR", name)
+            continue
+        try:
+            values[name] = coerce(model, f.type, record[name])
+        except ParamTypeError:
+            raise ApiError("FIELD_TYPE_ERROR", name) from None
+    return values
+
+
+def create(model: Model, spec: Cls, message: Message) -> Callable:
+    def make(ctx: Context, record: dict):
+        values = constructor_values(model, spec, message, record)
+        ref = make_ref()
+        if "uuid" in spec.fields:
+            values["uuid"] = make_uuid()
+        with ctx.rt.db.write() as tx:
+            tx.insert(spec.name, ref, values)
+        return ref
+
+    return make
+
+
+def destroy(cls: str) -> Callable:
+    def destroy_(ctx: Context, ref: str):
+        with ctx.rt.db.write() as tx:
+            tx.delete(cls, ref)
+        return ""
+
+    return destroy_
+
+
+# -- the table -------------------------------------------------------------------
+
+
+def _field_of(spec: Cls, name: str, prefixes: tuple[str, ...], kind: str | None) -> Field | None:
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            f = spec.fields.get(name[len(prefix):])
+            if f is not None and (kind is None or f.type.kind == kind):
+                return f
+    return None
+
+
+def handler_for(model: Model, message: Message) -> Handler | None:
+    """The generic implementation of an implicit message, if it is one.
+
+    Custom messages whose name and shape are those of an implicit one (for
+    example ``VM.add_to_other_config``, custom upstream for key-level RBAC)
+    are served by the same generic code.
+    """
+    spec = model.classes[message.cls]
+    name, cls = message.name, message.cls
+    if not spec.in_database and message.tag.startswith("FromObject"):
+        return None
+    tag = message.tag
+    n = len(message.params)
+    read = lambda fn: Handler(fn, "read")  # noqa: E731
+    write = lambda fn: Handler(fn, "write")  # noqa: E731
+    if tag == "FromObject.GetRecord":
+        return read(get_record(cls))
+    if tag == "FromObject.GetByUuid":
+        return read(get_by_uuid(cls))
+    if tag == "FromObject.GetByLabel":
+        return read(get_by_name_label(cls))
+    if tag == "FromObject.GetAll":
+        return read(get_all(cls))
+    if tag == "FromObject.GetAllRecords":
+        return read(get_all_records(cls))
+    if tag == "FromObject.GetAllWhere":
+        return read(get_all_where(cls))
+    if tag == "FromObject.GetAllRecordsWhere":
+        return read(get_all_records_where(cls))
+    if tag == "FromObject.Make":
+        return write(create(model, spec, message))
+    if tag == "FromObject.Delete":
+        return write(destroy(cls))
+    if tag == "FromField.Getter" or (tag == "Custom" and n == 1 and name.startswith("get_")):
+        f = _field_of(spec, name, ("get_",), None)
+        return read(getter(cls, f.name)) if f else None
+    if tag in ("FromField.Setter", "Custom") and name.startswith("set_") and n == 2:
+        f = _field_of(spec, name, ("set_",), None)
+        return write(setter(cls, f.name)) if f and f.derived is None else None
+    if tag in ("FromField.Add", "Custom") and name.startswith("add_to_") and n == 3:
+        f = _field_of(spec, name, ("add_to_",), "map")
+        return write(map_add(cls, f.name)) if f else None
+    if tag in ("FromField.Remove", "Custom") and name.startswith("remove_from_") and n == 2:
+        f = _field_of(spec, name, ("remove_from_",), "map")
+        return write(map_remove(cls, f.name)) if f else None
+    if tag in ("FromField.Add", "Custom") and name.startswith("add_") and n == 2:
+        f = _field_of(spec, name, ("add_",), "set")
+        return write(set_add(cls, f.name)) if f and f.derived is None else None
+    if tag in ("FromField.Remove", "Custom") and name.startswith("remove_") and n == 2:
+        f = _field_of(spec, name, ("remove_",), "set")
+        return write(set_remove(cls, f.name)) if f and f.derived is None else None
+    return None

@@ -1,0 +1,87 @@
+"""Start a server: database, first boot, HTTP and unix-socket listeners, GC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from db.store import Database
+from xapi import firstboot, sessions
+from xapi.auth import hash_password
+from xapi.config import Config
+from xapi.context import Runtime
+
+from .app import create_app
+
+log = logging.getLogger("xapi.server")
+
+ROOT_PASSWORD_ENV = "XAPI_ROOT_PASSWORD"
+
+
+def open_runtime(config: Config) -> Runtime:
+    """Bring the database up to date, load it and run first boot."""
+    os.makedirs(config.state_dir, exist_ok=True)
+    db = Database(config.database_url)
+    db.upgrade()
+    db.load()
+    executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="xapi")
+    rt = Runtime(config=config, db=db, executor=executor)
+    set_initial_root_password(db)
+    firstboot.run(rt)
+    return rt
+
+
+def set_initial_root_password(db: Database) -> None:
+    password = os.environ.get(ROOT_PASSWORD_ENV)
+    if db.get_password_hash(sessions.ROOT) is not None:
+        return
+    if password:
+        db.set_password_hash(sessions.ROOT, hash_password(password))
+        log.info("root password set from %s", ROOT_PASSWORD_ENV)
+    else:
+        log.warning(
+            "root has no password: logins over TCP will fail until one is set "
+            "with `xapi passwd` (or start once with %s set)", ROOT_PASSWORD_ENV,
+        )
+
+
+async def _gc_loop(rt: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(rt.config.gc_interval)
+        try:
+            await loop.run_in_executor(rt.executor, sessions.collect_garbage, rt)
+        except Exception:
+            log.exception("session GC failed")
+
+
+async def run(config: Config, ready: asyncio.Event | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    rt = await loop.run_in_executor(None, open_runtime, config)
+    app = create_app(rt)
+    runner = web.AppRunner(app, access_log=None, handle_signals=True)
+    await runner.setup()
+    sites = [web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)]
+    socket_path = config.socket_path
+    if socket_path:
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        sites.append(web.UnixSite(runner, socket_path))
+    for site in sites:
+        await site.start()
+    log.info("xapi listening on %s%s", config.listen,
+             f" and {socket_path}" if socket_path else "")
+    gc = asyncio.create_task(_gc_loop(rt))
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        gc.cancel()
+        await runner.cleanup()
+        rt.executor.shutdown(wait=False)
+        rt.db.close()

@@ -1,0 +1,146 @@
+"""XML-RPC bodies as xapi reads and writes them.
+
+Requests are decoded with the standard library's ``xmlrpc.client`` parser,
+which already accepts everything xapi does: untyped ``<value>`` strings,
+``<int>``/``<i4>``/``<i8>``, ``<nil/>`` and ``dateTime.iso8601``.
+
+Responses are written here rather than with ``xmlrpc.client.dumps``, because
+xapi's wire form differs from the stdlib's and clients depend on it: no
+whitespace between elements (Xen Orchestra's parser breaks on it), strings
+as bare ``<value>text</value>``, API ints as untyped decimal text, never
+``<i8>``.  Only ``I4`` values (``event.from``'s ``valid_ref_counts``) are
+sent as ``<i4>``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xmlrpc.client
+from datetime import datetime
+from typing import Any
+
+from xapi.idl.types import format_datetime
+
+CONTENT_TYPE = "text/xml"
+
+
+class ProtocolError(Exception):
+    """The body is not a well-formed call; xapi answers HTTP 500."""
+
+
+class I4(int):
+    """An int sent as ``<i4>`` (xapi's only typed int on the wire)."""
+
+
+class RawXML(str):
+    """An already encoded ``<value>…</value>`` fragment."""
+
+
+def decode_request(body: bytes) -> tuple[str, list[Any]]:
+    try:
+        params, method = xmlrpc.client.loads(body, use_datetime=False, use_builtin_types=False)
+    except Exception as exc:  # expat, int(), float() or structure errors alike
+        raise ProtocolError(f"malformed XML-RPC request: {exc}") from None
+    if not isinstance(method, str) or not method:
+        raise ProtocolError("XML-RPC request without a methodName")
+    return method, list(params)
+
+
+# Characters XML 1.0 cannot carry are dropped, as xapi does with control characters.
+_NEEDS_WORK = re.compile(r'[&<>"\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+_DROP = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    if _NEEDS_WORK.search(text) is None:
+        return text
+    text = _DROP.sub("", text)
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
+
+
+def encode_value(value: Any, out: list[str]) -> None:
+    """Append the ``<value>`` encoding of a Python value to ``out``."""
+    t = type(value)
+    if t is str:
+        out.append("<value>")
+        out.append(escape(value))
+        out.append("</value>")
+    elif t is RawXML:
+        out.append(value)
+    elif t is bool:
+        out.append("<value><boolean>1</boolean></value>" if value else "<value><boolean>0</boolean></value>")
+    elif t is int:
+        out.append(f"<value>{value}</value>")
+    elif t is I4:
+        out.append(f"<value><i4>{int(value)}</i4></value>")
+    elif t is float:
+        out.append(f"<value><double>{_double(value)}</double></value>")
+    elif t is dict:
+        out.append("<value><struct>")
+        for k, v in value.items():
+            out.append("<member><name>")
+            out.append(escape(k if type(k) is str else str(k)))
+            out.append("</name>")
+            encode_value(v, out)
+            out.append("</member>")
+        out.append("</struct></value>")
+    elif t is list or t is tuple:
+        out.append("<value><array><data>")
+        for v in value:
+            encode_value(v, out)
+        out.append("</data></array></value>")
+    elif t is datetime:
+        out.append(f"<value><dateTime.iso8601>{format_datetime(value)}</dateTime.iso8601></value>")
+    elif value is None:
+        out.append("<value><nil/></value>")
+    elif isinstance(value, str):
+        encode_value(str(value), out)
+    elif isinstance(value, int):
+        encode_value(int(value), out)
+    else:
+        raise TypeError(f"cannot encode {t.__name__} as XML-RPC")
+
+
+def _double(value: float) -> str:
+    if not math.isfinite(value):
+        return "0"
+    return f"{value:.16g}"
+
+
+def encode(value: Any) -> str:
+    out: list[str] = []
+    encode_value(value, out)
+    return "".join(out)
+
+
+_HEAD = "<methodResponse><params><param>"
+_TAIL = "</param></params></methodResponse>"
+_SUCCESS = "<value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>"
+_FAILURE = "<value><struct><member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name>"
+
+
+def success(value: Any) -> bytes:
+    out = [_HEAD, _SUCCESS]
+    encode_value(value, out)
+    out.append("</member></struct></value>")
+    out.append(_TAIL)
+    return "".join(out).encode()
+
+
+def failure(description: list[str]) -> bytes:
+    out = [_HEAD, _FAILURE]
+    encode_value([str(x) for x in description], out)
+    out.append("</member></struct></value>")
+    out.append(_TAIL)
+    return "".join(out).encode()
+
+
+def bare(value: Any) -> bytes:
+    """A response without the Status wrapper (only ``system.listMethods``)."""
+    out = [_HEAD]
+    encode_value(value, out)
+    out.append(_TAIL)
+    return "".join(out).encode()

@@ -1,0 +1,104 @@
+"""Server configuration: xapi's ``key = value`` file format, validated by pydantic.
+
+Lines are ``key = value``; ``#`` starts a comment; values may be quoted.
+Every key is documented in ``etc/xapi.conf``.  Environment variables
+``XAPI_<KEY>`` (upper case) override the file, which is how tests and
+containers adjust single settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "xapi-server")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "127.0.0.1:8080"
+    unix_socket: str | None = None  # default: <state_dir>/xapi.sock; "" disables it
+    state_dir: str = Field(default_factory=_default_state_dir)
+    db_url: str | None = None  # default: SQLite file in state_dir
+    redis_url: str | None = None  # unset: embedded, in-process executor
+    host_name: str | None = None  # default: this machine's hostname
+    worker_threads: int = 8
+
+    auth_failure_delay: float = 5.0
+    inactive_session_timeout: float = 86400.0
+    max_sessions_per_originator: int = 500
+    max_anonymous_sessions: int = 400
+    session_last_active_threshold: float = 600.0
+
+    pending_task_timeout: float = 86400.0
+    completed_task_timeout: float = 3900.0
+    max_tasks: int = 200
+    gc_interval: float = 30.0
+
+    max_rpc_size: int = 300 * 1024
+    log_level: str = "INFO"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError("listen must be host:port")
+        return v
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return "sqlite:///" + os.path.join(os.path.abspath(self.state_dir), "xapi.db")
+
+    @property
+    def socket_path(self) -> str | None:
+        if self.unix_socket == "":
+            return None
+        return self.unix_socket or os.path.join(self.state_dir, "xapi.sock")
+
+
+def parse_conf(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"line {lineno}: expected 'key = value'")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[key.strip()] = value
+    return values
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    values: dict[str, str] = {}
+    path = path or env.get("XAPI_CONFIG")
+    if path:
+        values.update(parse_conf(Path(path).read_text()))
+    for name in Config.model_fields:
+        key = f"XAPI_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    return Config(**values)

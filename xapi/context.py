@@ -1,0 +1,49 @@
+"""What a call runs with: the server's runtime and the caller's context."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from db.store import Database
+from xapi.config import Config
+from xapi.idl.types import NULL_REF
+
+
+def now() -> datetime:
+    """Current time at xapi's resolution (whole seconds, UTC)."""
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@dataclass
+class Runtime:
+    """Everything a server process shares between calls."""
+
+    config: Config
+    db: Database
+    executor: ThreadPoolExecutor
+    host_ref: str = NULL_REF
+    pool_ref: str = NULL_REF
+
+    @property
+    def model(self):
+        return self.db.model
+
+    @property
+    def cache(self):
+        return self.db.cache
+
+
+@dataclass
+class Context:
+    """One call: who makes it, over what, in which wire format."""
+
+    rt: Runtime
+    fmt: str = "xml"  # "xml" or "json": selects cached record encodings
+    session: str | None = None
+    local: bool = False  # arrived over the unix socket (pre-authenticated as root)
+    method: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
