@@ -82,21 +82,26 @@ def get_all_records(cls: str) -> Callable:
 
 def _matching(ctx: Context, cls: str, expr: str) -> list:
     try:
-        predicate = where.parse(expr)
+        predicate = where.parse(expr).compile()
     except where.WhereSyntaxError as exc:
-        raise ApiError("INVALID_VALUE", expr, str(exc)) from None
+        raise ApiError(exc.xapi_error[0], *exc.xapi_error[1]) from None
     cache = ctx.rt.cache
     fields = cache.classes[cls].fields
     out = []
-    for row in cache.rows(cls):
-        def column(name: str, row=row):
-            f = fields.get(where.column_to_field(name))
-            if f is None:
-                return None
-            return where.db_string(f.type, cache.field(cls, row, f.name))
+    try:
+        for row in cache.rows(cls):
+            def column(name: str, row=row):
+                if name == "_ref":
+                    return row.ref
+                f = fields.get(where.column_to_field(name))
+                if f is None:
+                    return None
+                return where.db_string(f.type, cache.field(cls, row, f.name))
 
-        if predicate.evaluate(column):
-            out.append(row)
+            if predicate(column):
+                out.append(row)
+    except where.WhereFieldError as exc:
+        raise ApiError(exc.xapi_error[0], *exc.xapi_error[1]) from None
     return out
 
 

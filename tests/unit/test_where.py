@@ -279,6 +279,20 @@ def test_constants_and_literal_comparisons():
     assert parse("not (false or true)").evaluate(row()) is False
 
 
+@pytest.mark.parametrize("a", ["1", "0"])
+def test_constants_mixed_with_fields(a):
+    r = row(a=a)
+    hit = a == "1"
+    assert parse('field "a"="1" and true').evaluate(r) is hit
+    assert parse('true and field "a"="1"').evaluate(r) is hit
+    assert parse('field "a"="1" or false').evaluate(r) is hit
+    assert parse('false or field "a"="1"').evaluate(r) is hit
+    assert parse('field "a"="1" and false').evaluate(r) is False
+    assert parse('field "a"="1" or true').evaluate(r) is True
+    assert parse('not field "a"="1" and true').evaluate(r) is (not hit)
+    assert parse('("x" = "x") and field "a"="1"').evaluate(r) is hit
+
+
 def test_not_running():
     e = parse('not (field "power_state" = "Running")')
     assert e.evaluate(row(power_state="Halted")) is True
