@@ -65,7 +65,7 @@ def coerce(model: Model, ty: Type, value: Any) -> Any:
         if type(value) is str:
             try:
                 return parse_datetime(value)
-            except ValueError:
+            except (ValueError, OverflowError):  # e.g. year 1 with a +01:00 offset
                 pass
         raise ParamTypeError(ty, value)
     if kind == "enum":

@@ -48,7 +48,9 @@ def decode_request(body: bytes) -> tuple[str, list[Any]]:
 
 
 # Characters XML 1.0 cannot carry are dropped, as xapi does with control characters.
-_NEEDS_WORK = re.compile(r'[&<>"\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+# CR is sent as a character reference: a literal CR would be read back as LF
+# (XML end-of-line normalisation), so "a\r\nb" would reach clients as "a\nb".
+_NEEDS_WORK = re.compile(r'[&<>"\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
 _DROP = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -58,6 +60,7 @@ def escape(text: str) -> str:
     text = _DROP.sub("", text)
     return (
         text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+        .replace("\r", "&#13;")
     )
 
 

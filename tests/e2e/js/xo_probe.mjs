@@ -12,6 +12,9 @@
 // deliberately not used: the server does not implement event.from / tasks yet.
 
 import { createClient } from 'xen-api'
+// not re-exported by index.mjs; the package has no "exports" map so the
+// deep import is the client's own error class
+import XapiError from 'xen-api/_XapiError.mjs'
 
 function describeError(error) {
   if (error === null || typeof error !== 'object') {
@@ -19,6 +22,7 @@ function describeError(error) {
   }
   const out = {
     name: error.constructor?.name ?? error.name,
+    isXapiError: error instanceof XapiError,
     message: error.message,
   }
   if (error.code !== undefined) out.code = error.code

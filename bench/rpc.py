@@ -1,0 +1,705 @@
+"""Benchmark of the RPC layer (issue 2): run ``python -m bench.rpc``.
+
+Not a timed test: it measures our server and its references side by side in
+one run and prints rates, times and their ratios (machines are noisy, so
+only the ratios mean anything across machines).
+
+(a) ``VM.get_record`` calls/s over XML-RPC (``POST /``) and JSON-RPC
+    (``POST /jsonrpc``, JSON-RPC 2.0), HTTP/1.1 keep-alive, ``--clients``
+    concurrent connections each with one call in flight.  The reference is a
+    bare aiohttp server (own process) whose handler returns the very response
+    bytes our server gave for the same call, with the same headers.  The load
+    generator runs in a third process (plain asyncio protocols, pre-built
+    requests) and reports both its own CPU use and the server's, so one can
+    see that the server, not the client, is the bottleneck.
+    Target: ours >= 50% of bare.
+
+(b) ``VM.get_all_records`` on ``--vms`` VMs (written straight into the
+    SQLite database before the server starts): client-side time for the whole
+    response (request sent to last body byte read; parsing excluded), the
+    first call after start (cold: records not yet encoded) and repeats
+    (warm: cached fragments), over XML-RPC and JSON-RPC.  The reference is
+    the standard library's encoder alone on the same records as the stdlib
+    client parses them: ``xmlrpc.client.dumps((records,), methodresponse=True,
+    allow_none=True)`` (and, for information only, ``json.dumps``).
+    Target: ours no slower than the stdlib encoder alone.
+
+The latest figures go to docs/performance.md, section "RPC layer (issue 2)".
+Internal entry points (used by the benchmark itself): ``_bare`` runs the
+reference server, ``_load`` runs the load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import http.client
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "performance.md"
+SECTION = "## RPC layer (issue 2)"
+DOC_INTRO = """# Performance
+
+Figures written by the benchmarks under `bench/` (run them on an otherwise idle
+machine; absolute numbers depend on the machine, the ratios are what to
+compare).  Each section is rewritten by its benchmark with its latest run.
+"""
+
+GET_RECORD_TARGET = 0.50  # ours / bare calls per second
+ALL_RECORDS_TARGET = 1.00  # ours / stdlib encoder time, at most
+
+
+# -----------------------------------------------------------------------------
+# small helpers
+# -----------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # after "pid (comm)": state is fields[0], utime is field 14 -> index 11
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nproc() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def xml_request(method: str, *params) -> bytes:
+    return xmlrpc.client.dumps(tuple(params), method, allow_none=True).encode()
+
+
+def json_request(method: str, *params) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}).encode()
+
+
+def http_request(port: int, path: str, content_type: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Client:
+    """One keep-alive connection (stdlib http.client) for setup and big calls."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def post(self, path: str, content_type: str, body: bytes) -> tuple[bytes, str, float]:
+        """Response body, its content type, and the seconds from send to last byte."""
+        t0 = time.perf_counter()
+        self.conn.request("POST", path, body, {"Content-Type": content_type})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        elapsed = time.perf_counter() - t0
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status} from {path}: {data[:200]!r}")
+        return data, resp.getheader("Content-Type", ""), elapsed
+
+    def xml(self, method: str, *params):
+        data, _, _ = self.post("/", "text/xml", xml_request(method, *params))
+        reply = xmlrpc.client.loads(data)[0][0]
+        if reply.get("Status") != "Success":
+            raise RuntimeError(f"{method} failed: {reply.get('ErrorDescription')}")
+        return reply["Value"]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -----------------------------------------------------------------------------
+# the database: --vms VMs written straight through the write path
+# -----------------------------------------------------------------------------
+
+GiB = 1024**3
+
+
+def vm_values(i: int, make_uuid) -> dict:
+    """A plausible halted HVM guest: every field VM.create requires, a few more."""
+    return {
+        "uuid": make_uuid(),
+        "name_label": f"bench-vm-{i:05d}",
+        "name_description": "Created by bench.rpc",
+        "power_state": "Halted",
+        "user_version": 1,
+        "is_a_template": False,
+        "memory_target": 2 * GiB,
+        "memory_static_max": 2 * GiB,
+        "memory_dynamic_max": 2 * GiB,
+        "memory_dynamic_min": 1 * GiB,
+        "memory_static_min": GiB // 2,
+        "VCPUs_params": {},
+        "VCPUs_max": 2,
+        "VCPUs_at_startup": 2,
+        "actions_after_shutdown": "destroy",
+        "actions_after_reboot": "restart",
+        "actions_after_crash": "restart",
+        "PV_bootloader": "",
+        "PV_kernel": "",
+        "PV_ramdisk": "",
+        "PV_args": "",
+        "PV_bootloader_args": "",
+        "PV_legacy_args": "",
+        "HVM_boot_policy": "BIOS order",
+        "HVM_boot_params": {"order": "cdn"},
+        "HVM_shadow_multiplier": 1.0,
+        "platform": {"timeoffset": "0", "nx": "true", "acpi": "1", "apic": "true",
+                     "pae": "true", "viridian": "true", "device-model": "qemu-upstream-compat"},
+        "PCI_bus": "",
+        "other_config": {"base_template_name": "Other install media",
+                         "install-methods": "cdrom", "mac_seed": make_uuid()},
+        "recommendations": '<restrictions><restriction field="memory-static-max" '
+                           'max="137438953472"/><restriction field="vcpus-max" max="32"/>'
+                           "</restrictions>",
+        "domain_type": "hvm",
+        "tags": ["bench"],
+    }
+
+
+def populate(db_url: str, count: int) -> float:
+    from db.store import Database
+    from xapi.refs import make_ref, make_uuid
+
+    t0 = time.perf_counter()
+    db = Database(db_url)
+    db.upgrade()
+    done = 0
+    while done < count:
+        with db.write() as tx:
+            for i in range(done, min(done + 2000, count)):
+                tx.insert("VM", make_ref(), vm_values(i, make_uuid))
+        done = min(done + 2000, count)
+    db.close()
+    return time.perf_counter() - t0
+
+
+# -----------------------------------------------------------------------------
+# the reference server: bare aiohttp, the captured bytes verbatim
+# -----------------------------------------------------------------------------
+
+
+def bare_main(port: int, spec_dir: str) -> None:
+    from aiohttp import web
+
+    spec = json.loads(Path(spec_dir, "spec.json").read_text())
+    responses = {
+        path: (Path(spec_dir, item["file"]).read_bytes(), item["headers"])
+        for path, item in spec.items()
+    }
+    default = responses["/"]
+
+    async def handle(request: web.Request) -> web.Response:
+        body, headers = responses.get(request.path, default)
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
+                handle_signals=True, backlog=1024)
+
+
+def start_bare(responses: dict[str, tuple[bytes, dict]]) -> tuple[subprocess.Popen, int, str]:
+    from tests.support import free_port
+
+    spec_dir = tempfile.mkdtemp(prefix="bench-bare-")
+    spec = {}
+    for i, (path, (body, headers)) in enumerate(responses.items()):
+        name = f"body{i}"
+        Path(spec_dir, name).write_bytes(body)
+        spec[path] = {"file": name, "headers": headers}
+    Path(spec_dir, "spec.json").write_text(json.dumps(spec))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.rpc", "_bare", str(port), spec_dir],
+                            cwd=REPO)
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("bare server exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, port, spec_dir
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("bare server did not start")
+
+
+# -----------------------------------------------------------------------------
+# the load generator: asyncio protocols, one call in flight per connection
+# -----------------------------------------------------------------------------
+
+
+class _LoadState:
+    def __init__(self, expected_len: int):
+        self.expected_len = expected_len
+        self.counting = False
+        self.stopping = False
+        self.count = 0
+        self.errors = 0
+        self.first_error = ""
+        self.latencies: list[float] = []
+        self.open = 0
+        self.all_closed: asyncio.Future | None = None
+
+
+class _LoadConn(asyncio.Protocol):
+    def __init__(self, state: _LoadState, request: bytes):
+        self.state = state
+        self.request = request
+        self.buf = bytearray()
+        self.need = -1
+        self.sent = 0.0
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.state.open += 1
+        self._send()
+
+    def _send(self):
+        self.buf.clear()
+        self.need = -1
+        self.sent = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            at = head.find(b"\r\ncontent-length:")
+            if at < 0 or not head.startswith(b"http/1.1 200"):
+                self._error(f"unexpected response head: {bytes(buf[:end])[:200]!r}")
+                return
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17:stop if stop >= 0 else len(head)])
+            self.need = end + 4 + length
+            if length != self.state.expected_len:
+                self._error(f"body length {length}, expected {self.state.expected_len}")
+                return
+        if len(buf) < self.need:
+            return
+        state = self.state
+        if state.counting:
+            state.count += 1
+            state.latencies.append(time.perf_counter() - self.sent)
+        if state.stopping:
+            self.transport.close()
+        else:
+            self._send()
+
+    def _error(self, msg: str):
+        self.state.errors += 1
+        self.state.first_error = self.state.first_error or msg
+        self.transport.close()
+
+    def connection_lost(self, exc):
+        state = self.state
+        state.open -= 1
+        if not state.stopping:
+            state.errors += 1
+            state.first_error = state.first_error or f"connection lost: {exc}"
+        if state.open == 0 and state.all_closed is not None and not state.all_closed.done():
+            state.all_closed.set_result(None)
+
+
+async def _load(port: int, request: bytes, clients: int, warmup: float, duration: float,
+                expected_len: int, server_pid: int) -> dict:
+    loop = asyncio.get_running_loop()
+    state = _LoadState(expected_len)
+    state.all_closed = loop.create_future()
+    for _ in range(clients):
+        await loop.create_connection(lambda: _LoadConn(state, request), "127.0.0.1", port)
+    await asyncio.sleep(warmup)
+    srv0, cli0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    state.counting = True
+    await asyncio.sleep(duration)
+    state.counting = False
+    t1, cli1, srv1 = time.perf_counter(), time.process_time(), cpu_seconds(server_pid)
+    state.stopping = True
+    try:
+        await asyncio.wait_for(asyncio.shield(state.all_closed), 10)
+    except asyncio.TimeoutError:
+        pass
+    lat = sorted(state.latencies) or [float("nan")]
+    elapsed = t1 - t0
+    return {
+        "calls": state.count,
+        "seconds": elapsed,
+        "rate": state.count / elapsed,
+        "p50_ms": lat[len(lat) // 2] * 1e3,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+        "server_cpu": (srv1 - srv0) / elapsed,
+        "client_cpu": (cli1 - cli0) / elapsed,
+        "errors": state.errors,
+        "first_error": state.first_error,
+    }
+
+
+def load_main(argv: list[str]) -> None:
+    port, req_file, clients, warmup, duration, expected_len, server_pid = argv
+    request = Path(req_file).read_bytes()
+    result = asyncio.run(_load(int(port), request, int(clients), float(warmup), float(duration),
+                               int(expected_len), int(server_pid)))
+    print(json.dumps(result), flush=True)
+
+
+def run_load(port: int, server_pid: int, request: bytes, expected_len: int, args) -> dict:
+    with tempfile.NamedTemporaryFile(prefix="bench-req-", delete=False) as f:
+        f.write(request)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.rpc", "_load", str(port), f.name, str(args.clients),
+             str(args.warmup), str(args.duration), str(expected_len), str(server_pid)],
+            cwd=REPO, capture_output=True, text=True, timeout=args.warmup + args.duration + 60,
+        )
+    finally:
+        os.unlink(f.name)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{out.stderr}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        raise RuntimeError(f"load generator saw {result['errors']} errors: {result['first_error']}")
+    return result
+
+
+# -----------------------------------------------------------------------------
+# the benchmark
+# -----------------------------------------------------------------------------
+
+
+def best_of(fn, repeat: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), times
+
+
+def bench_all_records(server, session: str, args) -> dict:
+    """(b): VM.get_all_records end to end, cold and warm, against the stdlib encoders."""
+    out: dict = {}
+    client = Client(server.port)
+    xml_body = xml_request("VM.get_all_records", session)
+    json_body = json_request("VM.get_all_records", session)
+
+    # XML-RPC: the very first get_all_records of this server process is the cold one.
+    data, _, cold = client.post("/", "text/xml", xml_body)
+    warm = []
+    for _ in range(args.repeat):
+        data, _, t = client.post("/", "text/xml", xml_body)
+        warm.append(t)
+    out["xml_bytes"] = len(data)
+    out["xml_cold"], out["xml_warm"], out["xml_warm_all"] = cold, min(warm), warm
+    log(f"XML-RPC get_all_records: {len(data) / 1e6:.1f} MB, cold {cold:.3f} s, "
+        f"warm {', '.join(f'{t:.3f}' for t in warm)} s")
+
+    t0 = time.perf_counter()
+    reply = xmlrpc.client.loads(data)[0][0]
+    out["xml_parse"] = time.perf_counter() - t0
+    assert reply["Status"] == "Success", reply
+    records = reply["Value"]
+    out["records"] = len(records)
+    del data, reply
+    std, std_all = best_of(
+        lambda: xmlrpc.client.dumps((records,), methodresponse=True, allow_none=True), args.repeat)
+    out["xml_stdlib"], out["xml_stdlib_all"] = std, std_all
+    out["xml_stdlib_bytes"] = len(xmlrpc.client.dumps((records,), methodresponse=True,
+                                                      allow_none=True).encode())
+    log(f"stdlib xmlrpc.client.dumps of the same {len(records)} records: "
+        f"{', '.join(f'{t:.3f}' for t in std_all)} s (stdlib parse took {out['xml_parse']:.1f} s)")
+    del records
+
+    # JSON-RPC: cold for the JSON encoding (the XML calls above filled only the XML cache).
+    data, _, cold = client.post("/jsonrpc", "application/json", json_body)
+    warm = []
+    for _ in range(args.repeat):
+        data, _, t = client.post("/jsonrpc", "application/json", json_body)
+        warm.append(t)
+    out["json_bytes"] = len(data)
+    out["json_cold"], out["json_warm"], out["json_warm_all"] = cold, min(warm), warm
+    log(f"JSON-RPC get_all_records: {len(data) / 1e6:.1f} MB, cold {cold:.3f} s, "
+        f"warm {', '.join(f'{t:.3f}' for t in warm)} s")
+    records = json.loads(data)["result"]
+    del data
+    std, std_all = best_of(lambda: json.dumps({"jsonrpc": "2.0", "result": records, "id": 1}),
+                           args.repeat)
+    out["json_stdlib"], out["json_stdlib_all"] = std, std_all
+    log(f"stdlib json.dumps of the same records: {', '.join(f'{t:.3f}' for t in std_all)} s")
+    client.close()
+    return out
+
+
+def bench_get_record(server, session: str, vm: str, args) -> dict:
+    """(a): VM.get_record calls/s, ours against a bare aiohttp server, same bytes."""
+    client = Client(server.port)
+    calls = {
+        "xml": ("/", "text/xml", xml_request("VM.get_record", session, vm)),
+        "json": ("/jsonrpc", "application/json", json_request("VM.get_record", session, vm)),
+    }
+    captured: dict[str, tuple[bytes, dict]] = {}
+    for proto, (path, ctype, body) in calls.items():
+        data, content_type, _ = client.post(path, ctype, body)
+        again, _, _ = client.post(path, ctype, body)
+        if data != again:
+            raise RuntimeError(f"{proto} get_record responses differ between calls")
+        captured[proto] = (data, {"Content-Type": content_type})
+    # Same extra headers as ours (CORS), so the bare responses are byte-identical bar Date.
+    probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    probe.request("POST", "/", calls["xml"][2], {"Content-Type": "text/xml"})
+    resp = probe.getresponse()
+    resp.read()
+    extra = {k: v for k, v in resp.getheaders() if k.lower().startswith("access-control-")}
+    probe.close()
+    client.close()
+    for proto in captured:
+        captured[proto][1].update(extra)
+    log(f"captured get_record responses: XML {len(captured['xml'][0])} B, "
+        f"JSON {len(captured['json'][0])} B")
+
+    bare, bare_port, spec_dir = start_bare({
+        "/": captured["xml"], "/jsonrpc": captured["json"],
+    })
+    results: dict[str, dict[str, list[dict]]] = {p: {"ours": [], "bare": []} for p in calls}
+    try:
+        for rnd in range(args.rounds):
+            for proto, (path, ctype, body) in calls.items():
+                expected = len(captured[proto][0])
+                for who, port, pid in (("ours", server.port, server.process.pid),
+                                       ("bare", bare_port, bare.pid)):
+                    r = run_load(port, pid, http_request(port, path, ctype, body), expected, args)
+                    results[proto][who].append(r)
+                    log(f"round {rnd + 1}/{args.rounds} {proto:4} {who:4}: {r['rate']:8.0f} calls/s"
+                        f"  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+                        f"  server cpu {r['server_cpu'] * 100:3.0f}%  client cpu {r['client_cpu'] * 100:3.0f}%")
+    finally:
+        bare.terminate()
+        try:
+            bare.wait(10)
+        except subprocess.TimeoutExpired:
+            bare.kill()
+        shutil.rmtree(spec_dir, ignore_errors=True)
+    out = {"xml_bytes": len(captured["xml"][0]), "json_bytes": len(captured["json"][0])}
+    for proto, by in results.items():
+        for who, runs in by.items():
+            best = max(runs, key=lambda r: r["rate"])
+            out[f"{proto}_{who}"] = best
+            out[f"{proto}_{who}_rates"] = [r["rate"] for r in runs]
+        out[f"{proto}_ratio"] = out[f"{proto}_ours"]["rate"] / out[f"{proto}_bare"]["rate"]
+    return out
+
+
+# -----------------------------------------------------------------------------
+# report
+# -----------------------------------------------------------------------------
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def report(a: dict, b: dict, args, populate_s: float) -> tuple[str, str]:
+    """The console table and the markdown section."""
+    rows_a = []
+    for proto, label in (("xml", "XML-RPC"), ("json", "JSON-RPC")):
+        ours, bare, ratio = a[f"{proto}_ours"], a[f"{proto}_bare"], a[f"{proto}_ratio"]
+        rows_a.append((label, ours, bare, ratio, ratio >= GET_RECORD_TARGET))
+    xml_cold_ratio = b["xml_cold"] / b["xml_stdlib"]
+    xml_warm_ratio = b["xml_warm"] / b["xml_stdlib"]
+    json_cold_ratio = b["json_cold"] / b["json_stdlib"]
+    json_warm_ratio = b["json_warm"] / b["json_stdlib"]
+
+    lines = [
+        "",
+        f"RPC layer benchmark — {_dt.date.today().isoformat()}, nproc {nproc()}, "
+        f"Python {platform.python_version()}",
+        "",
+        f"(a) VM.get_record, {args.clients} keep-alive clients, best of {args.rounds} x "
+        f"{args.duration:g} s (after {args.warmup:g} s warm-up)",
+        f"    {'':9} {'ours/s':>9} {'bare/s':>9} {'ratio':>6}  {'target':>7}  "
+        f"{'srv cpu':>7} {'cli cpu':>7}  {'p50 ours':>8}",
+    ]
+    for label, ours, bare, ratio, ok in rows_a:
+        lines.append(
+            f"    {label:9} {ours['rate']:9.0f} {bare['rate']:9.0f} {ratio:6.2f}  "
+            f">=0.50 {yes(ok):>3}  {ours['server_cpu'] * 100:6.0f}% {ours['client_cpu'] * 100:6.0f}%"
+            f"  {ours['p50_ms']:6.2f}ms")
+    lines += [
+        "",
+        f"(b) VM.get_all_records, {b['records']} records (client-side, send to last byte)",
+        f"    {'':9} {'size':>8} {'cold s':>7} {'warm s':>7} {'stdlib s':>8} "
+        f"{'cold/std':>8} {'warm/std':>8}  target",
+        f"    {'XML-RPC':9} {b['xml_bytes'] / 1e6:6.1f}MB {b['xml_cold']:7.3f} {b['xml_warm']:7.3f} "
+        f"{b['xml_stdlib']:8.3f} {xml_cold_ratio:8.2f} {xml_warm_ratio:8.2f}  <=1.00 "
+        f"cold {yes(xml_cold_ratio <= ALL_RECORDS_TARGET)} warm {yes(xml_warm_ratio <= ALL_RECORDS_TARGET)}",
+        f"    {'JSON-RPC':9} {b['json_bytes'] / 1e6:6.1f}MB {b['json_cold']:7.3f} {b['json_warm']:7.3f} "
+        f"{b['json_stdlib']:8.3f} {json_cold_ratio:8.2f} {json_warm_ratio:8.2f}  (json.dumps, no target)",
+        "",
+    ]
+    console = "\n".join(lines)
+
+    a_ok = all(ok for *_, ok in rows_a)
+    b_ok = xml_cold_ratio <= ALL_RECORDS_TARGET and xml_warm_ratio <= ALL_RECORDS_TARGET
+    md = [
+        SECTION,
+        "",
+        f"Latest run of `python -m bench.rpc`: {_dt.date.today().isoformat()}, "
+        f"`nproc` = {nproc()}, {platform.machine()}, Python {platform.python_version()}, "
+        f"SQLite.  Server, reference server and load generator are separate processes "
+        f"on the same machine.",
+        "",
+        f"**(a) `VM.get_record`**: {args.clients} concurrent HTTP/1.1 keep-alive connections, "
+        f"one call in flight each, best of {args.rounds} rounds of {args.duration:g} s "
+        f"(after {args.warmup:g} s warm-up), alternating ours and bare.  *Bare* is an aiohttp "
+        f"server whose handler returns the same response bytes with the same headers.",
+        "",
+        "| protocol | ours calls/s | bare calls/s | ours / bare | target ≥ 0.50 met | "
+        "server CPU (ours) | client CPU | p50 / p99 latency (ours) |",
+        "|---|---:|---:|---:|:---:|---:|---:|---:|",
+    ]
+    for label, ours, bare, ratio, ok in rows_a:
+        md.append(
+            f"| {label} | {ours['rate']:.0f} | {bare['rate']:.0f} | {ratio:.2f} | {yes(ok)} | "
+            f"{ours['server_cpu'] * 100:.0f}% | {ours['client_cpu'] * 100:.0f}% | "
+            f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} ms |")
+    md += [
+        "",
+        f"**(b) `VM.get_all_records`** on {b['records']} VMs: client-side time from sending "
+        f"the request to reading the last byte (parsing excluded); *cold* is the first call "
+        f"after the server started (records not yet encoded), *warm* the best of "
+        f"{args.repeat} repeats.  The reference is the stdlib encoder alone on the same "
+        f"records (as the stdlib client parses them), best of {args.repeat}.",
+        "",
+        "| protocol | response | cold s | warm s | reference | reference s | "
+        "cold / ref | warm / ref | target ≤ 1.00 met |",
+        "|---|---:|---:|---:|---|---:|---:|---:|:---:|",
+        f"| XML-RPC | {b['xml_bytes'] / 1e6:.1f} MB | {b['xml_cold']:.3f} | {b['xml_warm']:.3f} | "
+        f"`xmlrpc.client.dumps` | {b['xml_stdlib']:.3f} | {xml_cold_ratio:.2f} | "
+        f"{xml_warm_ratio:.2f} | cold {yes(xml_cold_ratio <= ALL_RECORDS_TARGET)}, "
+        f"warm {yes(xml_warm_ratio <= ALL_RECORDS_TARGET)} |",
+        f"| JSON-RPC | {b['json_bytes'] / 1e6:.1f} MB | {b['json_cold']:.3f} | {b['json_warm']:.3f} | "
+        f"`json.dumps` (C) | {b['json_stdlib']:.3f} | {json_cold_ratio:.2f} | "
+        f"{json_warm_ratio:.2f} | (no target) |",
+        "",
+        f"Targets met: (a) {yes(a_ok)}, (b) {yes(b_ok)}.",
+        "",
+    ]
+    return console, "\n".join(md)
+
+
+def write_docs(section: str) -> None:
+    if DOCS.exists():
+        text = DOCS.read_text()
+    else:
+        DOCS.parent.mkdir(parents=True, exist_ok=True)
+        text = DOC_INTRO
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        tail = "".join(lines[end:])
+        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    DOCS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vms", type=int, default=10_000, help="VMs for get_all_records (10000)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent connections (8)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run (1)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating ours/bare rounds for get_record; best kept (2)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="warm get_all_records calls and stdlib encodings; best kept (3)")
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
+    parser.add_argument("--keep", action="store_true", help="keep the state directory")
+    args = parser.parse_args(argv)
+
+    from tests.support import ROOT_PASSWORD, start_server
+
+    started = time.perf_counter()
+    state_dir = tempfile.mkdtemp(prefix="bench-rpc-")
+    db_url = f"sqlite:///{state_dir}/xapi.db"
+    log(f"writing {args.vms} VMs into {db_url}")
+    populate_s = populate(db_url, args.vms)
+    log(f"  done in {populate_s:.1f} s; starting the server")
+    server = start_server(state_dir=state_dir)
+    try:
+        client = Client(server.port)
+        t0 = time.perf_counter()
+        while True:  # start_server returns once the port accepts; wait for the first answer
+            try:
+                session = client.xml("session.login_with_password", "root", ROOT_PASSWORD,
+                                     "1.0", "bench.rpc")
+                break
+            except (ConnectionError, http.client.HTTPException):
+                if time.perf_counter() - t0 > 60:
+                    raise
+                client.close()
+                time.sleep(0.2)
+                client = Client(server.port)
+        client.close()
+        b = bench_all_records(server, session, args)
+        if b["records"] < args.vms:
+            raise RuntimeError(f"expected at least {args.vms} VMs, got {b['records']}")
+        probe = Client(server.port)
+        vm = probe.xml("VM.get_by_name_label", session, "bench-vm-00000")[0]
+        probe.close()
+        a = bench_get_record(server, session, vm, args)
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        else:
+            log(f"state kept in {state_dir}")
+    console, section = report(a, b, args, populate_s)
+    print(console)
+    if not args.no_docs:
+        write_docs(section)
+        print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_bare":
+        bare_main(int(sys.argv[2]), sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_load":
+        load_main(sys.argv[2:])
+    else:
+        raise SystemExit(main())
