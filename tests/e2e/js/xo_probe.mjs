@@ -87,6 +87,7 @@ async function logout(xapi) {
 async function withClient(args, fn) {
   const xapi = makeClient(args)
   await xapi.connect()
+  const sessionId = xapi.sessionId
   let result
   try {
     result = await fn(xapi)
@@ -94,6 +95,7 @@ async function withClient(args, fn) {
     await logout(xapi)
     throw error
   }
+  result.sessionId = sessionId
   result.logout = await logout(xapi)
   return result
 }
@@ -116,7 +118,6 @@ const scenarios = {
   async connect(args) {
     return withClient(args, async xapi => {
       const status = xapi.status
-      const sessionId = xapi.sessionId
       const pool = xapi.pool
       // what the connect flow derived from its own (session-less) system.listMethods
       const types = xapi._types
@@ -128,7 +129,6 @@ const scenarios = {
 
       return {
         status,
-        sessionId,
         connectPool: { ref: pool.$ref, master: pool.master, uuid: pool.uuid, fields: Object.keys(pool) },
         connectTypes: types,
         pools: Object.fromEntries(
