@@ -24,10 +24,15 @@ log = logging.getLogger("xapi.api")
 RUNTIME = web.AppKey("runtime", Runtime)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
-_CORS = {"Access-Control-Allow-Origin": "*"}
+_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "X-Requested-With"}
 _XML_HEADERS = {"Content-Type": xmlrpc.CONTENT_TYPE, **_CORS}
 _JSON_HEADERS = {"Content-Type": jsonrpc.CONTENT_TYPE, **_CORS}
-_PREFLIGHT = {**_CORS, "Access-Control-Allow-Headers": "X-Requested-With"}
+_NO_CACHE = "no-cache, no-store"
+_ERROR_HEADERS = {"Content-Type": "text/html", "Connection": "close", "Cache-Control": _NO_CACHE}
+_FORBIDDEN = (
+    b"<html><body><h1>HTTP 403 forbidden</h1>"
+    b"Access to the requested resource is forbidden.</body></html>"
+)
 
 
 class BodyTooLarge(Exception):
@@ -47,14 +52,18 @@ async def _read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-def _error_page(status: int, reason: str, detail: str) -> web.Response:
+def _error_page(detail: str) -> web.Response:
+    """xapi's answer to a request it cannot read: HTTP 500 and an HTML page."""
     html = (
-        f"<html><body><h1>HTTP {status} {reason}</h1>"
+        "<html><body><h1>HTTP 500 internal server error</h1>An unexpected error occurred; "
+        "please wait a while and try again. If the problem persists, please contact your "
+        "support representative.<h1> Additional information </h1>"
         f"{xmlrpc.escape(detail)}</body></html>"
     )
-    return web.Response(
-        status=status, body=html.encode(), headers={"Content-Type": "text/html", **_CORS}
-    )
+    return web.Response(status=500, body=html.encode(), headers=_ERROR_HEADERS)
+
+
+_OVERSIZE = "Http_svr.Client_requested_size_over_limit"
 
 
 def _is_local(request: web.Request) -> bool:
@@ -80,11 +89,11 @@ async def handle_xmlrpc(request: web.Request) -> web.Response:
     try:
         body = await _read_body(request)
     except BodyTooLarge:
-        return _error_page(413, "Request Entity Too Large", "request body exceeds the RPC size limit")
+        return _error_page(_OVERSIZE)
     try:
         method, params = xmlrpc.decode_request(body)
     except ProtocolError as exc:
-        return _error_page(500, "Internal Server Error", str(exc))
+        return _error_page(str(exc))
     ctx = _context(request, "xml")
     try:
         value = await request.app[DISPATCHER].call(ctx, method, params)
@@ -100,11 +109,11 @@ async def handle_jsonrpc(request: web.Request) -> web.Response:
     try:
         body = await _read_body(request)
     except BodyTooLarge:
-        return _error_page(413, "Request Entity Too Large", "request body exceeds the RPC size limit")
+        return _error_page(_OVERSIZE)
     try:
         call = jsonrpc.decode_request(body)
     except ProtocolError as exc:
-        return _error_page(500, "Internal Server Error", str(exc))
+        return _error_page(str(exc))
     ctx = _context(request, "json")
     try:
         value = await request.app[DISPATCHER].call(ctx, call.method, call.params)
@@ -117,7 +126,21 @@ async def handle_jsonrpc(request: web.Request) -> web.Response:
 
 
 async def handle_preflight(request: web.Request) -> web.Response:
-    return web.Response(status=200, headers=_PREFLIGHT)
+    asked = request.headers.get("Access-Control-Request-Headers")
+    allow = f"{asked}, X-Requested-With" if asked else "X-Requested-With"
+    return web.Response(status=200, headers={
+        "Cache-Control": _NO_CACHE,
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Headers": allow,
+        "Access-Control-Allow-Methods": "PUT",
+    })
+
+
+async def handle_get(request: web.Request) -> web.Response:
+    # xapi serves its web root only over HTTPS or the local socket; plain HTTP is refused.
+    if _is_local(request):
+        raise web.HTTPNotFound()
+    return web.Response(status=403, body=_FORBIDDEN, headers={"Content-Type": "text/html"})
 
 
 async def handle_post(request: web.Request) -> web.Response:
@@ -132,4 +155,5 @@ def create_app(rt: Runtime) -> web.Application:
     app[DISPATCHER] = Dispatcher(rt)
     app.router.add_route("POST", "/{tail:.*}", handle_post)
     app.router.add_route("OPTIONS", "/{tail:.*}", handle_preflight)
+    app.router.add_route("GET", "/{tail:.*}", handle_get)
     return app

@@ -24,8 +24,6 @@ from .params import ParamTypeError, coerce
 
 log = logging.getLogger("xapi.dispatch")
 
-SYSTEM_METHODS = ("system.listMethods", "system.isAlive")
-
 
 @dataclass(slots=True)
 class Route:
@@ -44,7 +42,8 @@ class Dispatcher:
             handler = custom.get(wire) or implicit.handler_for(self.model, message)
             self.routes[wire] = Route(message, handler)
             self.aliases[f"{message.cls}_{message.name}"] = wire
-        self.method_list = sorted(self.routes) + list(SYSTEM_METHODS)
+        # Sync wire names only: no Async. forms, no aliases, no system.* methods.
+        self.method_list = sorted(self.routes)
 
     def resolve(self, method: str) -> tuple[Route | None, bool]:
         """The route for a wire name, and whether it was called as ``Async.``."""
@@ -95,22 +94,28 @@ class Dispatcher:
         return await loop.run_in_executor(self.rt.executor, handler.fn, ctx, *args)
 
     def _unmarshal(self, message: Message, args: list[Any]) -> list[Any]:
+        """Typed parameters; failures read as xapi's unmarshaller reports them."""
         typed = []
-        for i, param in enumerate(message.params):
-            if i >= len(args):
-                typed.append(param.default)
-                continue
-            try:
-                typed.append(coerce(self.model, param.type, args[i]))
-            except ParamTypeError as exc:
-                raise ApiError("FIELD_TYPE_ERROR", param.name) from exc
+        try:
+            for i, param in enumerate(message.params):
+                if i >= len(args):
+                    typed.append(param.default)
+                    continue
+                value = coerce(self.model, param.type, args[i])
+                if param.type.kind == "record" and message.constructor_fields:
+                    value = implicit.constructor_values(self.model, message, value)
+                typed.append(value)
+        except ParamTypeError as exc:
+            raise ApiError("INTERNAL_ERROR", exc.message) from None
         return typed
 
     async def _unknown(self, ctx: Context, method: str, params: list[Any]) -> Any:
         if method == "system.listMethods":
             return self.method_list
-        if method.startswith("system.isAlive"):
-            return params[0] if params else ""
+        if method.startswith("system.isAlive:"):
+            if not params:
+                raise ApiError("INTERNAL_ERROR", 'Failure("hd")')
+            return params[0]
         if params:
             await sessions.check(ctx, params[0])
         raise ApiError("MESSAGE_METHOD_UNKNOWN", method)

@@ -41,6 +41,18 @@ def getter(cls: str, field: str) -> Callable:
     return get
 
 
+def derived_getter(cls: str, field: str) -> Callable:
+    """Getters of relation sets check only that the ref exists in some table (xapi)."""
+
+    def get(ctx: Context, ref: str):
+        cache = ctx.rt.cache
+        if cache.find_class(ref) is None:
+            raise ApiError("HANDLE_INVALID", ref)
+        return cache.derived(cls, field, ref)
+
+    return get
+
+
 def get_record(cls: str) -> Callable:
     def get(ctx: Context, ref: str):
         return encoded(ctx.rt.cache, cls, _row(ctx, cls, ref), ctx.fmt)
@@ -135,9 +147,11 @@ def map_add(cls: str, field: str) -> Callable:
     def add(ctx: Context, ref: str, key: Any, value: Any):
         with ctx.rt.db.write() as tx:
             current = tx.must_get(cls, ref)[field]
+            if key == "":
+                raise ApiError("INTERNAL_ERROR", "Db_exn.Empty_key_in_map")
             if key in current:
                 raise ApiError("MAP_DUPLICATE_KEY", cls, field, ref, key)
-            tx.update(cls, ref, {field: {**current, key: value}})
+            tx.update(cls, ref, {field: {key: value, **current}})  # xapi prepends
         return ""
 
     return add
@@ -159,7 +173,7 @@ def set_add(cls: str, field: str) -> Callable:
         with ctx.rt.db.write() as tx:
             current = tx.must_get(cls, ref)[field]
             if value not in current:
-                tx.update(cls, ref, {field: [*current, value]})
+                tx.update(cls, ref, {field: [value, *current]})  # xapi prepends
         return ""
 
     return add
@@ -176,8 +190,13 @@ def set_remove(cls: str, field: str) -> Callable:
     return remove
 
 
-def constructor_values(model: Model, spec: Cls, message: Message, record: dict) -> dict:
-    """Typed field values for ``create`` from the client's record struct."""
+def constructor_values(model: Model, message: Message, record: dict) -> dict:
+    """Typed field values for ``create`` from the client's record struct.
+
+    As xapi: fields are read in model order, the first required one missing is
+    reported, unknown keys are ignored.
+    """
+    spec = model.classes[message.cls]
     values: dict[str, Any] = {}
     for name, required in message.constructor_fields:
         f = spec.fields.get(name)
@@ -185,21 +204,17 @@ def constructor_values(model: Model, spec: Cls, message: Message, record: dict) 
             continue
         if name not in record:
             if required and not f.has_default:
-                raise ApiError("FIELD_TYPE_ERROR", name)
+                raise ParamTypeError(f'Server_helpers.Dispatcher_FieldNotFound("{name}")')
             continue
-        try:
-            values[name] = coerce(model, f.type, record[name])
-        except ParamTypeError:
-            raise ApiError("FIELD_TYPE_ERROR", name) from None
+        values[name] = coerce(model, f.type, record[name])
     return values
 
 
-def create(model: Model, spec: Cls, message: Message) -> Callable:
-    def make(ctx: Context, record: dict):
-        values = constructor_values(model, spec, message, record)
+def create(spec: Cls) -> Callable:
+    def make(ctx: Context, values: dict):
         ref = make_ref()
         if "uuid" in spec.fields:
-            values["uuid"] = make_uuid()
+            values = {**values, "uuid": make_uuid()}
         with ctx.rt.db.write() as tx:
             tx.insert(spec.name, ref, values)
         return ref
@@ -258,12 +273,14 @@ def handler_for(model: Model, message: Message) -> Handler | None:
     if tag == "FromObject.GetAllRecordsWhere":
         return read(get_all_records_where(cls))
     if tag == "FromObject.Make":
-        return write(create(model, spec, message))
+        return write(create(spec))
     if tag == "FromObject.Delete":
         return write(destroy(cls))
     if tag == "FromField.Getter" or (tag == "Custom" and n == 1 and name.startswith("get_")):
         f = _field_of(spec, name, ("get_",), None)
-        return read(getter(cls, f.name)) if f else None
+        if f is None:
+            return None
+        return read(derived_getter(cls, f.name) if f.derived else getter(cls, f.name))
     if tag in ("FromField.Setter", "Custom") and name.startswith("set_") and n == 2:
         f = _field_of(spec, name, ("set_",), None)
         return write(setter(cls, f.name)) if f and f.derived is None else None

@@ -18,15 +18,39 @@ from xapi.idl.types import Type, parse_datetime
 
 
 class ParamTypeError(Exception):
-    def __init__(self, expected: Type, got: Any):
-        self.expected = expected
-        self.got = got
-        super().__init__(f"expected {expected}, got {_describe(got)}")
+    """A value xapi's unmarshaller would refuse; ``message`` is its exception text."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def rpc_text(value: Any) -> str:
+    """A value as ocaml-rpc prints it in unmarshalling errors (``S(x)``, ``I(5)`` …)."""
+    if value is None:
+        return "N"
+    if isinstance(value, bool):
+        return f"B({str(value).lower()})"
+    if isinstance(value, int):
+        return f"I({value})"
+    if isinstance(value, float):
+        return f"F({value})"
+    if isinstance(value, str):
+        return f"S({value})"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{rpc_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ";".join(rpc_text(v) for v in value) + "]"
+    if isinstance(value, xmlrpc.client.DateTime):
+        return f"D({value.value})"
+    return f"S({value})"
+
+
+def _expected(name: str, value: Any) -> ParamTypeError:
+    return ParamTypeError(f'Failure("Expected {name}, got \'{rpc_text(value)}\'")')
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def coerce(model: Model, ty: Type, value: Any) -> Any:
@@ -34,29 +58,37 @@ def coerce(model: Model, ty: Type, value: Any) -> Any:
     if kind in ("string", "secretstring", "ref"):
         if type(value) is str:
             return value
-        raise ParamTypeError(ty, value)
+        raise _expected("string", value)
     if kind == "int":
         if type(value) is int:
-            return value
+            if _INT64_MIN <= value <= _INT64_MAX:
+                return value
+            raise ParamTypeError('Failure("Int64.of_string")')
         if type(value) is str:
             try:
-                return int(value.strip())
+                number = int(value.strip())
             except ValueError:
-                pass
-        raise ParamTypeError(ty, value)
+                number = None
+            if number is not None and _INT64_MIN <= number <= _INT64_MAX:  # API ints are int64
+                return number
+            raise ParamTypeError('Failure("Int64.of_string")')
+        raise _expected("int64", value)
     if kind == "float":
         if type(value) in (float, int):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond the double range
+                raise _expected("float", value) from None
         if type(value) is str:
             try:
                 return float(value)
             except ValueError:
-                pass
-        raise ParamTypeError(ty, value)
+                raise ParamTypeError('Failure("float_of_string")') from None
+        raise _expected("float", value)
     if kind == "bool":
         if type(value) is bool:
             return value
-        raise ParamTypeError(ty, value)
+        raise _expected("bool", value)
     if kind == "datetime":
         if isinstance(value, xmlrpc.client.DateTime):
             value = value.value
@@ -67,27 +99,27 @@ def coerce(model: Model, ty: Type, value: Any) -> Any:
                 return parse_datetime(value)
             except (ValueError, OverflowError):  # e.g. year 1 with a +01:00 offset
                 pass
-        raise ParamTypeError(ty, value)
+        raise ParamTypeError(f"Invalid argument: Date.of_iso8601: {rpc_text(value)}")
     if kind == "enum":
         if type(value) is str:
             canonical = model.enum_lookup[ty.name].get(value.lower())
             if canonical is not None:
                 return canonical
-        raise ParamTypeError(ty, value)
+        raise ParamTypeError('Failure("Unknown tag/contents")')
     if kind == "set":
         if isinstance(value, list):
             return [coerce(model, ty.elem, v) for v in value]
-        raise ParamTypeError(ty, value)
+        raise ParamTypeError(f"Failure(\"Expecting Rpc.Enum, but found '{rpc_text(value)}'\")")
     if kind == "map":
         if isinstance(value, dict):
             return {
                 coerce(model, ty.elem, k): coerce(model, ty.value, v) for k, v in value.items()
             }
-        raise ParamTypeError(ty, value)
+        raise ParamTypeError(f"Failure(\"Expecting Rpc.Dict, but found '{rpc_text(value)}'\")")
     if kind == "option":
         return None if value is None else coerce(model, ty.elem, value)
     if kind == "record":
         if isinstance(value, dict):
-            return value  # fields are coerced by the constructor that knows the class
-        raise ParamTypeError(ty, value)
-    raise ParamTypeError(ty, value)
+            return value  # fields are unmarshalled against the constructor's field list
+        raise ParamTypeError('Failure("bad __structure")')
+    raise ParamTypeError(f"Failure(\"cannot unmarshal {ty}\")")
