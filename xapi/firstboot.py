@@ -13,16 +13,15 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from typing import Any
-
 from xapi.context import Runtime, now
 from xapi.idl.types import NULL_REF
 from xapi.refs import make_ref, make_uuid
 
 PRODUCT_VERSION = "8.3.0"
 PLATFORM_VERSION = "3.4.0"
-XAPI_VERSION = "25.6"  # the xapi release whose API level (2.23) we serve
-XEN_VERSION = "4.17.0"
+XAPI_VERSION = "26.2.0"  # an xapi release at the API level we serve (2.23)
+XEN_VERSION = "4.17.5"
+DB_SCHEMA = "5.909"
 INTERNAL_NETWORK = "Host internal management network"
 HOST_UUID_FILE = "host-uuid"
 
@@ -73,6 +72,8 @@ def host_uuid(state_dir: str) -> str:
 
 
 def software_version(rt: Runtime) -> dict[str, str]:
+    major, minor = rt.model.api_version
+    xapi_major_minor = XAPI_VERSION.rsplit(".", 1)[0]
     return {
         "product_version": PRODUCT_VERSION,
         "product_version_text": PRODUCT_VERSION[:3],
@@ -80,17 +81,18 @@ def software_version(rt: Runtime) -> dict[str, str]:
         "platform_name": "XCP",
         "platform_version": PLATFORM_VERSION,
         "product_brand": "XCP-ng",
-        "build_number": "release/yangtze/master/8",
-        "hostname": rt.config.host_name or socket.gethostname(),
-        "date": "2026-11-21",
-        "dbv": "2026.1121",
-        "xapi": XAPI_VERSION,
+        "build_number": "release/xapi-server",
+        "git_id": XAPI_VERSION.rsplit(".", 1)[1],
+        "hostname": "localhost",  # xapi writes this constant, not the host's name
+        "date": "20261121T00:00:00Z",
+        "xapi": xapi_major_minor,
         "xapi_build": XAPI_VERSION,
         "xen": XEN_VERSION,
         "linux": platform.release(),
-        "xencenter_min": f"2.{rt.model.api_version[1]}",
-        "xencenter_max": f"2.{rt.model.api_version[1]}",
+        "xencenter_min": f"{major}.{minor}",
+        "xencenter_max": f"{major}.{minor}",
         "network_backend": "openvswitch",
+        "db_schema": DB_SCHEMA,
     }
 
 
@@ -101,21 +103,45 @@ def run(rt: Runtime) -> None:
     hostname = rt.config.host_name or socket.gethostname()
     address = rt.config.listen_host
     major, minor = rt.model.api_version
+    started = now()
     with rt.db.write() as tx:
         host_ref = cache.ref_by_uuid("host", uuid) or _create_host(rt, tx, uuid, hostname)
+        host = tx.must_get("host", host_ref)
+        # What xapi's dbsync refreshes at every start.
         tx.update("host", host_ref, {
+            "hostname": hostname,
             "address": address,
+            "enabled": True,
             "API_version_major": major,
             "API_version_minor": minor,
             "software_version": software_version(rt),
+            "other_config": {
+                **host["other_config"],
+                "boot_time": f"{_boot_time():.0f}.",
+                "agent_start_time": f"{started.timestamp():.0f}.",
+            },
         })
+        tx.update("host_metrics", host["metrics"], {"live": True, "last_updated": started})
         pools = tx.refs_where("pool")
         pool_ref = pools[0] if pools else _create_pool(tx, host_ref)
-        if not tx.refs_where("VM", is_control_domain=True, resident_on=host_ref):
-            _create_dom0(tx, host_ref, hostname)
+        tx.update("pool", pool_ref, {"master": host_ref})
+        dom0s = tx.refs_where("VM", is_control_domain=True, resident_on=host_ref)
+        dom0 = dom0s[0] if dom0s else _create_dom0(tx, host_ref, hostname, address)
+        tx.update("host", host_ref, {"control_domain": dom0})
         if not tx.refs_where("network", bridge="xenapi"):
             _create_internal_network(tx)
     rt.host_ref, rt.pool_ref = host_ref, pool_ref
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return now().timestamp()
 
 
 def _create_host(rt: Runtime, tx, uuid: str, hostname: str) -> str:
@@ -135,7 +161,7 @@ def _create_host(rt: Runtime, tx, uuid: str, hostname: str) -> str:
         "uuid": uuid,
         "name_label": hostname,
         "name_description": "Default install",
-        "enabled": True,
+        "enabled": False,
         "hostname": hostname,
         "API_version_vendor": "XenSource",
         "API_version_vendor_implementation": {},
@@ -143,14 +169,27 @@ def _create_host(rt: Runtime, tx, uuid: str, hostname: str) -> str:
         "cpu_configuration": {},
         "sched_policy": "credit",
         "supported_bootloaders": ["pygrub", "eliloader"],
-        "other_config": {"agent_start_time": f"{now().timestamp():.0f}.", "iscsi_iqn": ""},
+        "other_config": {},
         "logging": {},
         "metrics": metrics,
         "license_params": {},
         "edition": "xcp-ng",
+        "editions": ["xcp-ng"],
+        "chipset_info": {"iommu": "false"},
+        "virtual_hardware_platform_versions": [0, 1, 2],
+        "ssl_legacy": False,
+        "bios_strings": {
+            "bios-vendor": "Xen", "bios-version": "", "system-manufacturer": "Xen",
+            "system-product-name": "HVM domU", "system-version": "", "system-serial-number": "",
+            "baseboard-manufacturer": "", "baseboard-product-name": "", "baseboard-version": "",
+            "baseboard-serial-number": "", "oem-1": "Xen",
+            "oem-2": "MS_VM_CERT/SHA1/bdbeb6e0a816d43fa6d3fe8aaef04c2bad9d3e3d", "hp-rombios": "",
+        },
         "cpu_info": {
             "cpu_count": str(cpus),
             "socket_count": "1",
+            "threads_per_core": "1",
+            "nr_nodes": "1",
             "vendor": cpu["vendor"],
             "speed": cpu["cpu MHz"],
             "modelname": cpu["model name"],
@@ -158,6 +197,10 @@ def _create_host(rt: Runtime, tx, uuid: str, hostname: str) -> str:
             "model": cpu["model"],
             "stepping": cpu["stepping"],
             "flags": cpu["flags"],
+            "features_pv": "",
+            "features_hvm": "",
+            "features_pv_host": "",
+            "features_hvm_host": "",
         },
     })
     for n in range(cpus):
@@ -165,17 +208,24 @@ def _create_host(rt: Runtime, tx, uuid: str, hostname: str) -> str:
             "uuid": make_uuid(),
             "host": ref,
             "number": n,
-            "vendor": cpu["vendor"],
+            "vendor": cpu["vendor"] or "unknown",
             "speed": int(float(cpu["cpu MHz"] or 0)),
-            "modelname": cpu["model name"],
-            "family": int(cpu["cpu family"] or 0),
-            "model": int(cpu["model"] or 0),
-            "stepping": cpu["stepping"],
+            "modelname": cpu["model name"] or "unknown",
+            "family": _int(cpu["cpu family"]),
+            "model": _int(cpu["model"]),
+            "stepping": cpu["stepping"] or "unknown",
             "flags": cpu["flags"],
             "features": "",
             "utilisation": 0.0,
         })
     return ref
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 def _create_pool(tx, host_ref: str) -> str:
@@ -188,28 +238,26 @@ def _create_pool(tx, host_ref: str) -> str:
         "default_SR": NULL_REF,
         "suspend_image_SR": NULL_REF,
         "crash_dump_SR": NULL_REF,
-        "other_config": {},
+        "other_config": {"memory-ratio-hvm": "0.25", "memory-ratio-pv": "0.25"},
+        "ha_cluster_stack": "xhad",
+        "ext_auth_cache_enabled": False,
     })
     return ref
 
 
-def _create_dom0(tx, host_ref: str, hostname: str) -> str:
+def _create_dom0(tx, host_ref: str, hostname: str, address: str) -> str:
     ref = make_ref()
-    memory = 4 * 1024**3
+    memory = min(4 * 1024**3, _memory_total())
     metrics = make_ref()
     vcpus = os.cpu_count() or 1
     tx.insert("VM_metrics", metrics, {
         "uuid": make_uuid(),
         "memory_actual": memory,
         "VCPUs_number": vcpus,
-        "VCPUs_utilisation": {},
-        "state": [],
-        "start_time": now(),
-        "install_time": now(),
-        "last_updated": now(),
-        "other_config": {},
+        "VCPUs_utilisation": {n: 0.0 for n in range(1, vcpus + 1)},
+        "current_domain_type": "pv",
     })
-    values: dict[str, Any] = {
+    tx.insert("VM", ref, {
         "uuid": make_uuid(),
         "name_label": f"Control domain on host: {hostname}",
         "name_description": "The domain which manages physical devices and manages other domains",
@@ -227,17 +275,27 @@ def _create_dom0(tx, host_ref: str, hostname: str) -> str:
         "memory_dynamic_max": memory,
         "memory_dynamic_min": memory,
         "memory_static_min": memory,
+        "VCPUs_params": {},
         "VCPUs_max": vcpus,
         "VCPUs_at_startup": vcpus,
+        "actions_after_softreboot": "soft_reboot",
         "actions_after_shutdown": "destroy",
         "actions_after_reboot": "destroy",
         "actions_after_crash": "destroy",
         "HVM_shadow_multiplier": 1.0,
         "metrics": metrics,
         "domain_type": "pv",
-        "other_config": {"storage_driver_domain": ref, "is_system_domain": "true"},
-    }
-    tx.insert("VM", ref, values)
+        "other_config": {},
+    })
+    for protocol, port in (("rfb", 5900), ("vt100", 9500)):
+        console = make_ref()
+        tx.insert("console", console, {
+            "uuid": make_uuid(),
+            "protocol": protocol,
+            "location": f"https://{address}/console?ref={console}",
+            "VM": ref,
+            "other_config": {},
+        })
     return ref
 
 
@@ -246,7 +304,10 @@ def _create_internal_network(tx) -> str:
     tx.insert("network", ref, {
         "uuid": make_uuid(),
         "name_label": INTERNAL_NETWORK,
-        "name_description": "Network on which guests will be assigned a private link-local IP address which can be used to talk XenAPI",
+        "name_description": (
+            "Network on which guests will be assigned a private link-local IP address "
+            "which can be used to talk XenAPI"
+        ),
         "MTU": 1500,
         "bridge": "xenapi",
         "managed": True,
