@@ -243,6 +243,22 @@ def _field_of(spec: Cls, name: str, prefixes: tuple[str, ...], kind: str | None)
     return None
 
 
+_OBJECT_TAGS = {
+    "get_record": "FromObject.GetRecord",
+    "get_by_uuid": "FromObject.GetByUuid",
+    "get_all": "FromObject.GetAll",
+    "get_all_records": "FromObject.GetAllRecords",
+    "get_all_where": "FromObject.GetAllWhere",
+    "get_all_records_where": "FromObject.GetAllRecordsWhere",
+}
+
+
+def stored(model: Model, cls: str) -> bool:
+    from db.schema import EXTRA_STORED
+
+    return model.classes[cls].in_database or cls in EXTRA_STORED
+
+
 def handler_for(model: Model, message: Message) -> Handler | None:
     """The generic implementation of an implicit message, if it is one.
 
@@ -252,9 +268,11 @@ def handler_for(model: Model, message: Message) -> Handler | None:
     """
     spec = model.classes[message.cls]
     name, cls = message.name, message.cls
-    if not spec.in_database and message.tag.startswith("FromObject"):
-        return None
     tag = message.tag
+    if tag == "Custom" and name in _OBJECT_TAGS and stored(model, cls):
+        tag = _OBJECT_TAGS[name]  # e.g. message.get_all_records: custom upstream, same shape
+    if not stored(model, cls) and tag.startswith("FromObject"):
+        return None
     n = len(message.params)
     read = lambda fn: Handler(fn, "read")  # noqa: E731
     write = lambda fn: Handler(fn, "write")  # noqa: E731

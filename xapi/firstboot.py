@@ -23,6 +23,16 @@ XAPI_VERSION = "26.2.0"  # an xapi release at the API level we serve (2.23)
 XEN_VERSION = "4.17.5"
 DB_SCHEMA = "5.909"
 INTERNAL_NETWORK = "Host internal management network"
+# xapi's static roles; uuid = MD5 of the role name, the ref is OpaqueRef:<uuid>.
+ROLE_UUIDS = {
+    "pool-admin": "0165f154-ba3e-034e-6b27-5d271af109ba",
+    "pool-operator": "b9ce9791-0604-50cd-0649-09b3284c7dfd",
+    "vm-power-admin": "7955168d-7bec-10ed-105f-c6a7e6e63249",
+    "vm-admin": "aaa00ab5-7340-bfbc-0d1b-7cf342639a6e",
+    "vm-operator": "fb8d4ff9-310c-a959-0613-54101535d3d5",
+    "client-cert": "2c42debf-c64a-2ecd-f674-3350f06409f7",
+    "read-only": "7233b8e3-eacb-d7da-2c95-f2e581cdbf4e",
+}
 HOST_UUID_FILE = "host-uuid"
 
 
@@ -130,6 +140,7 @@ def run(rt: Runtime) -> None:
         tx.update("host", host_ref, {"control_domain": dom0})
         if not tx.refs_where("network", bridge="xenapi"):
             _create_internal_network(tx)
+        _ensure_roles(tx)
     rt.host_ref, rt.pool_ref = host_ref, pool_ref
 
 
@@ -297,6 +308,17 @@ def _create_dom0(tx, host_ref: str, hostname: str, address: str) -> str:
             "other_config": {},
         })
     return ref
+
+
+def _ensure_roles(tx) -> None:
+    # Permissions (xapi's ~2,300 internal role objects) are not modelled yet.
+    for name, uuid in ROLE_UUIDS.items():
+        ref = f"OpaqueRef:{uuid}"
+        if not tx.exists("role", ref):
+            tx.insert("role", ref, {
+                "uuid": uuid, "name_label": name, "name_description": "", "subroles": [],
+                "is_internal": name == "client-cert",
+            })
 
 
 def _create_internal_network(tx) -> str:

@@ -360,3 +360,20 @@ def test_cors_preflight(server):
         assert resp.getheader("Access-Control-Allow-Origin") == "*"
         assert resp.getheader("Access-Control-Allow-Headers") == "X-Requested-With"
         conn.close()
+
+
+def test_messages(xenapi):
+    x = xenapi.xenapi
+    host = x.host.get_all()[0]
+    uuid = x.host.get_uuid(host)
+    before = x.message.get_all()
+    ref = x.message.create("TEST_ALERT", 3, "Host", uuid, "body text")
+    record = x.message.get_record(ref)
+    assert record["name"] == "TEST_ALERT" and record["priority"] == "3" and record["cls"] == "Host"
+    assert x.message.get_by_uuid(record["uuid"]) == ref
+    assert ref in x.message.get_all_records()
+    assert list(x.message.get("Host", uuid, xmlrpc.client.DateTime("19700101T00:00:00Z"))) == [ref]
+    assert ref in x.message.get_since(xmlrpc.client.DateTime("19700101T00:00:00Z"))
+    assert failure_of(x.message.create, "X", 1, "VM", uuid, "") == ["UUID_INVALID", "VM", uuid]
+    x.message.destroy(ref)
+    assert sorted(x.message.get_all()) == sorted(before)
