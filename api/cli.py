@@ -10,8 +10,22 @@ import sys
 from xapi import config as config_mod
 
 
+class CliError(Exception):
+    pass
+
+
 def _config(args) -> config_mod.Config:
-    return config_mod.load(args.config)
+    from pydantic import ValidationError
+
+    try:
+        return config_mod.load(args.config)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise CliError(f"bad configuration: {problems}") from None
+        raise CliError(f"cannot read configuration: {exc}") from None
 
 
 def cmd_serve(args) -> int:
@@ -84,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in (sub.choices["serve"], sub.choices["passwd"], db_sub.choices["upgrade"]):
         p.add_argument("-c", "--config", dest="config", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except CliError as exc:
+        print(f"xapi: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
