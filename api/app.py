@@ -15,7 +15,7 @@ from aiohttp import web
 from xapi.context import Context, Runtime
 from xapi.errors import ApiError
 
-from . import jsonrpc, xmlrpc
+from . import jsonrpc, records, xmlrpc
 from .dispatch import Dispatcher
 from .xmlrpc import ProtocolError
 
@@ -72,11 +72,13 @@ def _is_local(request: web.Request) -> bool:
 
 
 def _context(request: web.Request, fmt: str) -> Context:
+    rt = request.app[RUNTIME]
     return Context(
-        rt=request.app[RUNTIME],
+        rt=rt,
         fmt=fmt,
         local=_is_local(request),
         headers={k.lower(): v for k, v in request.headers.items()},
+        encode_record=lambda cls, row: records.encoded(rt.cache, cls, row, fmt),
     )
 
 

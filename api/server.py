@@ -14,6 +14,7 @@ from xapi import firstboot, sessions
 from xapi.auth import hash_password
 from xapi.config import Config
 from xapi.context import Runtime
+from xapi.events import EventHub
 
 from .app import create_app
 
@@ -59,9 +60,28 @@ async def _gc_loop(rt: Runtime) -> None:
             log.exception("session GC failed")
 
 
+def _heartbeat(rt: Runtime) -> None:
+    with rt.db.write() as tx:
+        tx.touch("pool", rt.pool_ref)
+
+
+async def _heartbeat_loop(rt: Runtime) -> None:
+    """xapi's periodic pool ``mod`` event: lets clients see the connection is alive."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(rt.config.heartbeat_interval)
+        try:
+            await loop.run_in_executor(rt.executor, _heartbeat, rt)
+        except Exception:
+            log.exception("pool heartbeat failed")
+
+
 async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     rt = await loop.run_in_executor(None, open_runtime, config)
+    rt.events = EventHub(loop)
+    rt.events.generation = rt.cache.generation
+    rt.cache.listeners.append(rt.events.notify_threadsafe)
     app = create_app(rt)
     runner = web.AppRunner(app, access_log=None, handle_signals=True)
     await runner.setup()
@@ -75,13 +95,14 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         await site.start()
     log.info("xapi listening on %s%s", config.listen,
              f" and {socket_path}" if socket_path else "")
-    gc = asyncio.create_task(_gc_loop(rt))
+    background = [asyncio.create_task(_gc_loop(rt)), asyncio.create_task(_heartbeat_loop(rt))]
     if ready is not None:
         ready.set()
     try:
         await asyncio.Event().wait()
     finally:
-        gc.cancel()
+        for job in background:
+            job.cancel()
         await runner.cleanup()
         rt.executor.shutdown(wait=False)
         rt.db.close()

@@ -21,16 +21,13 @@ from datetime import datetime
 from typing import Any
 
 from xapi.idl.types import format_datetime
+from xapi.wire import I4
 
 CONTENT_TYPE = "text/xml"
 
 
 class ProtocolError(Exception):
     """The body is not a well-formed call; xapi answers HTTP 500."""
-
-
-class I4(int):
-    """An int sent as ``<i4>`` (xapi's only typed int on the wire)."""
 
 
 class RawXML(str):

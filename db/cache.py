@@ -24,8 +24,11 @@ from typing import Any, Iterable
 from xapi.idl.model import Cls, Model, Relation
 from xapi.idl.types import NULL_REF
 
-# How many deletions per class are remembered for event.from (xapi keeps 256-512).
-DELETED_MEMORY = 1024
+# How many recent changes are remembered in order, so that event.from reads
+# only what changed since its token instead of scanning every table.  A token
+# older than the journal falls back to a scan (deletions beyond it are lost,
+# as in xapi, whose deleted-row memory is bounded too).
+JOURNAL_SIZE = 200_000
 
 
 class Row:
@@ -66,11 +69,14 @@ class ObjectCache:
         self.classes = {c.name: c for c in classes}
         self.tables: dict[str, dict[str, Row]] = {name: {} for name in self.classes}
         self.uuids: dict[str, dict[str, str]] = {name: {} for name in self.classes}
-        self.deleted: dict[str, deque] = {
-            name: deque(maxlen=DELETED_MEMORY) for name in self.classes
-        }
+        # (generation, cls, ref, op, created) per applied change, in generation order.
+        self.journal: deque[tuple[int, str, str, str, int]] = deque()
+        # The journal is complete for tokens at or after this generation.
+        self.journal_floor = 0
         self.generation = 0
         self.lock = threading.RLock()
+        # Called (from the writing thread) after each apply with the new generation.
+        self.listeners: list = []
         self._outgoing: dict[str, list[Relation]] = {}
         self.links: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
         for rel in model.relations:
@@ -119,7 +125,13 @@ class ObjectCache:
 
     # -- writes (callers hold `lock`, in generation order) ---------------------
 
-    def apply(self, changes: list[Change], generation: int) -> None:
+    def _journal(self, entry: tuple) -> None:
+        if len(self.journal) >= JOURNAL_SIZE:
+            self.journal_floor = max(self.journal_floor, self.journal.popleft()[0])
+        self.journal.append(entry)
+
+    def apply(self, changes: list[Change], generation: int, *, baseline: bool = False) -> None:
+        """Install committed changes.  ``baseline`` marks a full load: not journalled."""
         with self.lock:
             touched: set[tuple[str, str]] = set()
             fresh: list[Change] = []
@@ -133,11 +145,16 @@ class ObjectCache:
                 table = self.tables[ch.cls]
                 old = table.get(ch.ref)
                 if ch.op == "del":
+                    created = ch.created
                     if old is not None:
                         del table[ch.ref]
                         self.uuids[ch.cls].pop(old.values.get("uuid"), None)
-                    self.deleted[ch.cls].append((ch.modified, ch.ref))
+                        created = old.created
+                    if not baseline:
+                        self._journal((ch.modified, ch.cls, ch.ref, "del", created))
                 else:
+                    if not baseline:
+                        self._journal((ch.modified, ch.cls, ch.ref, ch.op, ch.created))
                     table[ch.ref] = Row(ch.ref, ch.values, ch.created, ch.modified)
                     uuid = ch.values.get("uuid")
                     if old is not None and old.values.get("uuid") != uuid:
@@ -151,7 +168,25 @@ class ObjectCache:
                     self.tables[cls][ref] = row.renewed()
             if generation > self.generation:
                 self.generation = generation
+            if baseline:
+                self.journal.clear()
+                self.journal_floor = self.generation
+        for listener in self.listeners:
+            listener(generation)
 
+    def changes_since(self, since: int) -> list[tuple[int, str, str, str, int]] | None:
+        """Journal entries after generation ``since`` in order; None if some were forgotten."""
+        if since < self.journal_floor:
+            return None
+        journal = list(self.journal)
+        lo, hi = 0, len(journal)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if journal[mid][0] <= since:
+                lo = mid + 1
+            else:
+                hi = mid
+        return journal[lo:]
     def _relink(self, ch: Change, old: Row | None, touched: set) -> None:
         for rel in self._outgoing.get(ch.cls, ()):
             before = set(_targets(old.values.get(rel.from_field))) if old else set()

@@ -85,8 +85,7 @@ class Database:
             for name, table in self.tables.items():
                 for row in conn.execute(select(table)).mappings():
                     changes.append(self._change_from_row(name, "add", row))
-        with self.cache.lock:
-            self.cache.apply(changes, generation)
+        self.cache.apply(changes, generation, baseline=True)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -41,6 +41,10 @@ class Config(BaseModel):
     max_tasks: int = 200
     gc_interval: float = 30.0
 
+    event_from_delay: float = 0.02
+    event_next_delay: float = 0.2
+    heartbeat_interval: float = 60.0
+
     max_rpc_size: int = 300 * 1024
     log_level: str = "INFO"
 

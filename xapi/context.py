@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from db.store import Database
 from xapi.config import Config
@@ -26,6 +26,8 @@ class Runtime:
     executor: ThreadPoolExecutor
     host_ref: str = NULL_REF
     pool_ref: str = NULL_REF
+    events: Any = None  # xapi.events.EventHub, once the event loop runs
+    extra: dict[str, Any] = field(default_factory=dict)  # per-process state of impl modules
 
     @property
     def model(self):
@@ -46,4 +48,5 @@ class Context:
     local: bool = False  # arrived over the unix socket (pre-authenticated as root)
     method: str = ""
     headers: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Wire form of a whole record in this call's format (set by the API layer).
+    encode_record: Callable[[str, Any], Any] | None = None
