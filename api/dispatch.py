@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from xapi import sessions
+from xapi import sessions, tasks
 from xapi.context import Context, Runtime
 from xapi.errors import ApiError
 from xapi.idl.model import Message
 from xapi.impl import Handler, load_all
 
-from . import implicit
+from xapi.idl.types import NULL_REF
+
+from . import implicit, records, xmlrpc
 from .params import ParamTypeError, coerce
 
 log = logging.getLogger("xapi.dispatch")
@@ -44,6 +46,7 @@ class Dispatcher:
             self.aliases[f"{message.cls}_{message.name}"] = wire
         # Sync wire names only: no Async. forms, no aliases, no system.* methods.
         self.method_list = sorted(self.routes)
+        self._jobs: set[asyncio.Task] = set()  # running Async calls
 
     def resolve(self, method: str) -> tuple[Route | None, bool]:
         """The route for a wire name, and whether it was called as ``Async.``."""
@@ -79,8 +82,46 @@ class Dispatcher:
         if is_async:
             if not message.async_:
                 raise ApiError("Fault", f"No async mode for this operation (rpc: {method})")
-            raise ApiError("NOT_IMPLEMENTED", method)
+            return await self._start_async(ctx, route, typed, method)
+        forwarded = ctx.headers.get("task-id")
+        if forwarded and self.rt.cache.get("task", forwarded) is not None:
+            ctx.task = forwarded  # run under the caller's task; the caller completes it
         return await self.run(ctx, route, typed)
+
+    async def _start_async(self, ctx: Context, route: Route, args: list[Any], method: str) -> str:
+        """Create the task, answer with its ref at once, run the call in the background."""
+        loop = asyncio.get_running_loop()
+        parent = ctx.headers.get("subtask-of", NULL_REF)
+        task = await loop.run_in_executor(
+            self.rt.executor,
+            lambda: tasks.create(self.rt, method, session=ctx.session,
+                                 owner=self.rt.process_id, subtask_of=parent),
+        )
+        # The result is stored as XML-RPC text whatever the caller speaks.
+        run_ctx = replace(ctx, fmt="xml", task=task,
+                          encode_record=lambda cls, row: records.encoded(self.rt.cache, cls, row, "xml"))
+        tasks.register_running(self.rt, task)
+        job = asyncio.create_task(self._run_task(run_ctx, route, args, task))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return task
+
+    async def _run_task(self, ctx: Context, route: Route, args: list[Any], task: str) -> None:
+        loop = asyncio.get_running_loop()
+        rt = self.rt
+        try:
+            ctx.check_cancelled()
+            value = await self.run(ctx, route, args)
+            outcome = (tasks.complete, xmlrpc.encode(value))
+        except ApiError as exc:
+            outcome = (tasks.fail, exc)
+        except Exception as exc:
+            log.exception("%s failed", route.message.wire_name)
+            outcome = (tasks.fail, ApiError("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))
+        try:
+            await loop.run_in_executor(rt.executor, outcome[0], rt, task, outcome[1])
+        except Exception:
+            log.exception("could not record the outcome of task %s", task)
 
     async def run(self, ctx: Context, route: Route, args: list[Any]) -> Any:
         handler = route.handler

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from db.store import Database
-from xapi import firstboot, sessions
+from xapi import firstboot, sessions, tasks
 from xapi.auth import hash_password
 from xapi.config import Config
 from xapi.context import Runtime
 from xapi.events import EventHub
+
+from workers import gc
 
 from .app import create_app
 
@@ -33,6 +36,11 @@ def open_runtime(config: Config) -> Runtime:
     rt = Runtime(config=config, db=db, executor=executor)
     set_initial_root_password(db)
     firstboot.run(rt)
+    host_uuid = rt.cache.get("host", rt.host_ref).values["uuid"]
+    rt.process_id = f"{host_uuid}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    failed = tasks.fail_orphans(rt, alive={rt.process_id})
+    if failed:
+        log.warning("failed %d tasks left pending by a previous run", failed)
     return rt
 
 
@@ -52,12 +60,13 @@ def set_initial_root_password(db: Database) -> None:
 
 async def _gc_loop(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
+    state = gc.GcState()
     while True:
         await asyncio.sleep(rt.config.gc_interval)
         try:
-            await loop.run_in_executor(rt.executor, sessions.collect_garbage, rt)
+            await loop.run_in_executor(rt.executor, gc.run_pass, rt, state)
         except Exception:
-            log.exception("session GC failed")
+            log.exception("GC pass failed")
 
 
 def _heartbeat(rt: Runtime) -> None:

@@ -109,6 +109,16 @@ def build_metadata(m: Model) -> MetaData:
         Column("ref", String(64), primary_key=True),
         Column("op", String(3), nullable=False),
     )
+    # Who runs each task: the session that made it and, for work this server
+    # runs, the process (``owner``), so that a restart can fail what a dead
+    # process left pending.  Client-made tasks (task.create) have no owner.
+    Table(
+        "xapi_task_owner",
+        md,
+        Column("task", String(64), primary_key=True),
+        Column("session", String(64), nullable=False),
+        Column("owner", String(255), nullable=False),
+    )
     # Local accounts (only root today); hashes only, never clear text.
     Table(
         "xapi_auth",

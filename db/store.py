@@ -205,6 +205,22 @@ class Transaction:
         self._mark(cls, ref, "del")
         self._touch_targets(cls, old, None)
 
+    # -- task ownership (private table) ------------------------------------------
+
+    def set_task_owner(self, task: str, session: str, owner: str) -> None:
+        self.conn.execute(insert(metadata.tables["xapi_task_owner"]).values(
+            task=task, session=session, owner=owner))
+
+    def task_owners(self) -> dict[str, tuple[str, str]]:
+        """task ref → (session, owner process) for every recorded task."""
+        table = metadata.tables["xapi_task_owner"]
+        return {r.task: (r.session, r.owner) for r in self.conn.execute(select(table))}
+
+    def forget_task_owners(self, tasks: list[str]) -> None:
+        table = metadata.tables["xapi_task_owner"]
+        if tasks:
+            self.conn.execute(delete(table).where(table.c.task.in_(tasks)))
+
     def touch(self, cls: str, ref: str) -> None:
         """Record a modification without changing a field (event.inject, derived sets)."""
         if self.exists(cls, ref):

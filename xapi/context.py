@@ -26,6 +26,7 @@ class Runtime:
     executor: ThreadPoolExecutor
     host_ref: str = NULL_REF
     pool_ref: str = NULL_REF
+    process_id: str = ""  # "<host uuid>/<pid>/<start>": owner of the tasks this process runs
     events: Any = None  # xapi.events.EventHub, once the event loop runs
     extra: dict[str, Any] = field(default_factory=dict)  # per-process state of impl modules
 
@@ -47,6 +48,13 @@ class Context:
     session: str | None = None
     local: bool = False  # arrived over the unix socket (pre-authenticated as root)
     method: str = ""
+    task: str | None = None  # the task this call runs under, if any
     headers: dict[str, str] = field(default_factory=dict)
     # Wire form of a whole record in this call's format (set by the API layer).
     encode_record: Callable[[str, Any], Any] | None = None
+
+    def check_cancelled(self) -> None:
+        """Long operations call this between steps: raises TASK_CANCELLED when asked to stop."""
+        from xapi import tasks
+
+        tasks.check_cancelled(self.rt, self.task)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 from typing import Any
 
 from xapi.auth import verify_password
@@ -117,16 +116,3 @@ def destroy(rt: Runtime, ref: str) -> None:
     with rt.db.write() as tx:
         if tx.exists("session", ref):
             tx.delete("session", ref)
-
-
-def collect_garbage(rt: Runtime) -> int:
-    """Remove sessions inactive for longer than ``inactive_session_timeout``."""
-    horizon = now() - timedelta(seconds=rt.config.inactive_session_timeout)
-    stale = [r.ref for r in rt.cache.rows("session") if r.values["last_active"] < horizon]
-    if stale:
-        with rt.db.write() as tx:
-            for ref in stale:
-                if tx.exists("session", ref):
-                    tx.delete("session", ref)
-        log.info("session GC removed %d inactive sessions", len(stale))
-    return len(stale)

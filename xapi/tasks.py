@@ -1,0 +1,162 @@
+"""Task records as xapi fills them (TaskHelper.make / complete / failed).
+
+A task is created ``pending`` with progress 0; it ends ``success`` with
+``result`` holding the XML-RPC text of the return value (even for JSON-RPC
+clients), or ``failure``/``cancelled`` with ``error_info`` = ``[code,
+params…]``.  A ``destroy`` request on a pending task is remembered in
+``current_operations`` and carried out when the task completes.
+
+Cancellation is cooperative: ``request_cancel`` raises a flag that running
+operations poll with ``check_cancelled``; backends register a callback to
+be told at once (xenopsd and storage tasks, later).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from xapi.context import Runtime, now
+from xapi.errors import ApiError
+from xapi.idl.types import EPOCH, NULL_REF
+from xapi.refs import make_ref, make_uuid
+
+PENDING, SUCCESS, FAILURE, CANCELLED = "pending", "success", "failure", "cancelled"
+FINISHED = (SUCCESS, FAILURE, CANCELLED)
+
+
+def create(
+    rt: Runtime,
+    name_label: str,
+    name_description: str = "",
+    *,
+    session: str = NULL_REF,
+    owner: str = "",
+    subtask_of: str = NULL_REF,
+    other_config: dict[str, str] | None = None,
+) -> str:
+    """A pending task.  ``owner`` names the process that will run it ("" for client tasks)."""
+    ref = make_ref()
+    with rt.db.write() as tx:
+        tx.set_task_owner(ref, session, owner)
+        tx.insert("task", ref, {
+            "uuid": make_uuid(),
+            "name_label": name_label,
+            "name_description": name_description,
+            "allowed_operations": [],
+            "current_operations": {},
+            "created": now(),
+            "finished": EPOCH,
+            "status": PENDING,
+            "resident_on": rt.host_ref,
+            "progress": 0.0,
+            "type": "<none/>",
+            "result": "",
+            "error_info": [],
+            "other_config": other_config or {},
+            "subtask_of": subtask_of if subtask_of and tx.exists("task", subtask_of) else NULL_REF,
+            "backtrace": "()",
+        })
+    return ref
+
+
+def fail_orphans(rt: Runtime, alive: set[str]) -> int:
+    """Fail this host's pending tasks whose owning process is gone (restart safety)."""
+    prefix = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/"
+    with rt.db.write() as tx:
+        owners = tx.task_owners()
+    orphans = [
+        ref for ref, (_, owner) in owners.items()
+        if owner.startswith(prefix) and owner not in alive
+        and (row := rt.cache.get("task", ref)) is not None and row.values["status"] == PENDING
+    ]
+    for ref in orphans:
+        fail(rt, ref, ApiError("INTERNAL_ERROR", "the process running this task stopped"))
+    return len(orphans)
+
+
+def set_progress(rt: Runtime, ref: str, progress: float) -> None:
+    with rt.db.write() as tx:
+        if tx.exists("task", ref):
+            tx.update("task", ref, {"progress": max(0.0, min(1.0, progress))})
+
+
+def _finish(rt: Runtime, ref: str, values: dict) -> None:
+    with rt.db.write() as tx:
+        task = tx.get("task", ref)
+        if task is None or task["status"] in FINISHED:
+            return
+        if "destroy" in task["current_operations"].values():
+            tx.delete("task", ref)
+            return
+        tx.update("task", ref, {
+            "progress": 1.0,
+            "finished": now(),
+            "allowed_operations": [],
+            "current_operations": {},
+            **values,
+        })
+    forget_cancel(rt, ref)
+
+
+def complete(rt: Runtime, ref: str, result_xml: str) -> None:
+    _finish(rt, ref, {"status": SUCCESS, "result": result_xml})
+
+
+def fail(rt: Runtime, ref: str, error: ApiError) -> None:
+    status = CANCELLED if error.code == "TASK_CANCELLED" else FAILURE
+    _finish(rt, ref, {"status": status, "error_info": error.description})
+
+
+# -- cancellation ------------------------------------------------------------------
+
+
+class CancelState:
+    """The cancel flag of a running task and the callbacks that forward it."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self.callbacks: list[Callable[[], None]] = []
+
+
+def _cancel_states(rt: Runtime) -> dict[str, CancelState]:
+    return rt.extra.setdefault("task_cancel", {})
+
+
+def register_running(rt: Runtime, ref: str) -> CancelState:
+    return _cancel_states(rt).setdefault(ref, CancelState())
+
+
+def forget_cancel(rt: Runtime, ref: str) -> None:
+    _cancel_states(rt).pop(ref, None)
+
+
+def on_cancel(rt: Runtime, ref: str, callback: Callable[[], None]) -> None:
+    """Have ``callback`` run when the task is cancelled (to stop backend work)."""
+    state = register_running(rt, ref)
+    state.callbacks.append(callback)
+    if state.flag.is_set():
+        callback()
+
+
+def request_cancel(rt: Runtime, ref: str) -> bool:
+    """Flag a running task for cancellation; False if nothing here runs it."""
+    state = _cancel_states(rt).get(ref)
+    if state is None:
+        return False
+    state.flag.set()
+    for callback in list(state.callbacks):
+        try:
+            callback()
+        except Exception:  # a backend that cannot cancel still lets the flag work
+            pass
+    return True
+
+
+def check_cancelled(rt: Runtime, ref: str | None) -> None:
+    """Raise TASK_CANCELLED if the task running this code was cancelled."""
+    if ref is None:
+        return
+    state = _cancel_states(rt).get(ref)
+    if state is not None and state.flag.is_set():
+        raise ApiError("TASK_CANCELLED", ref)
