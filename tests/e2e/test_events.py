@@ -71,10 +71,12 @@ def test_other_calls_are_served_while_waiting(server, xenapi):
     """Many long polls are parked on the loop; other connections still get answers."""
     waiters = []
     results = []
+    ready = threading.Barrier(21)
 
     def wait():
         s = new_session(server)
         token = s.xenapi.event_from(["pool"], "", 0.0)["token"]
+        ready.wait(30)
         results.append(s.xenapi.event_from(["pool"], token, 10.0))
         s.xenapi.session.logout()
 
@@ -82,7 +84,8 @@ def test_other_calls_are_served_while_waiting(server, xenapi):
         t = threading.Thread(target=wait)
         t.start()
         waiters.append(t)
-    time.sleep(1.0)
+    ready.wait(30)
+    time.sleep(0.5)  # let the long polls reach the server
     started = time.monotonic()
     pool = xenapi.xenapi.pool.get_all()[0]
     assert time.monotonic() - started < 1.0
@@ -90,7 +93,7 @@ def test_other_calls_are_served_while_waiting(server, xenapi):
     for t in waiters:
         t.join(15)
     assert len(results) == 20
-    assert all(any(e["ref"] == pool for e in r["events"]) for r in results)
+    assert all(any(e["ref"] == pool for e in r["events"]) for r in results), [r["events"] and [(e["class"], e["operation"]) for e in r["events"]] for r in results]
     xenapi.xenapi.pool.remove_from_other_config(pool, "wake")
 
 

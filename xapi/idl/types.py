@@ -74,7 +74,11 @@ def format_datetime(value: datetime) -> str:
     """xapi's wire form, ``YYYYMMDDThh:mm:ssZ`` in UTC."""
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc)
-    return value.strftime(WIRE_DATETIME)
+    # Not strftime: %Y does not zero-pad years before 1000.
+    return (
+        f"{value.year:04d}{value.month:02d}{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
+    )
 
 
 def parse_datetime(text: str) -> datetime:
