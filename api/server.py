@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from db.store import Database
-from xapi import firstboot, sessions, tasks
+from xapi import firstboot, operations, sessions, tasks
 from xapi.auth import hash_password
 from xapi.config import Config
 from xapi.context import Runtime
@@ -41,6 +41,9 @@ def open_runtime(config: Config) -> Runtime:
     failed = tasks.fail_orphans(rt, alive={rt.process_id})
     if failed:
         log.warning("failed %d tasks left pending by a previous run", failed)
+    cleared = operations.clear_stale(rt)
+    if cleared:
+        log.warning("cleared %d stale current_operations entries", cleared)
     return rt
 
 

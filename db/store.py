@@ -144,17 +144,25 @@ class Transaction:
 
     # -- reads -------------------------------------------------------------------
 
-    def get(self, cls: str, ref: str) -> dict[str, Any] | None:
-        """The stored fields of one object, or None."""
+    def get(self, cls: str, ref: str, *, for_update: bool = False) -> dict[str, Any] | None:
+        """The stored fields of one object, or None.
+
+        ``for_update`` locks the row until commit on PostgreSQL, for
+        read-check-write sequences other processes must not interleave with
+        (SQLite serialises writers already).
+        """
         table = self.db.tables[cls]
-        row = self.conn.execute(select(table).where(table.c._ref == ref)).mappings().first()
+        query = select(table).where(table.c._ref == ref)
+        if for_update and self.conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = self.conn.execute(query).mappings().first()
         if row is None:
             return None
         fields = self.db.classes[cls].stored_fields
         return {f.name: from_column(f.type, row[f.name]) for f in fields}
 
-    def must_get(self, cls: str, ref: str) -> dict[str, Any]:
-        values = self.get(cls, ref)
+    def must_get(self, cls: str, ref: str, *, for_update: bool = False) -> dict[str, Any]:
+        values = self.get(cls, ref, for_update=for_update)
         if values is None:
             raise ApiError("HANDLE_INVALID", cls, ref)
         return values

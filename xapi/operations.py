@@ -1,0 +1,122 @@
+"""The generic operation protocol, as xapi's ``with_vm_operation`` and kin.
+
+``run_operation(ctx, cls, ref, op, fn)``:
+
+1. in one transaction (the row locked on PostgreSQL): the class policy checks
+   that ``op`` is allowed, ``current_operations[<task>] := op`` and
+   ``allowed_operations`` is recomputed;
+2. ``fn()`` runs, one operation at a time per object in this process (the
+   way xenopsd queues per VM);
+3. whatever happened, the entry is removed and ``allowed_operations``
+   recomputed.
+
+The key is the caller's task; a synchronous call gets a task of its own for
+the duration, as in xapi, so every key names a real task and a restart can
+tell stale entries (their task is gone or finished) from live ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from xapi import tasks
+from xapi.context import Context, Runtime
+from xapi.ops import policy_for
+
+_object_locks: dict[tuple[str, str], threading.Lock] = {}
+_object_locks_guard = threading.Lock()
+
+
+def _object_lock(cls: str, ref: str) -> threading.Lock:
+    with _object_locks_guard:
+        return _object_locks.setdefault((cls, ref), threading.Lock())
+
+
+def run_operation(ctx: Context, cls: str, ref: str, op: str, fn: Callable[[], Any]) -> Any:
+    rt = ctx.rt
+    own_task = None
+    if ctx.task is None:
+        own_task = tasks.create(rt, ctx.method or f"{cls}.{op}", session=ctx.session or "",
+                                owner=rt.process_id)
+    task = ctx.task or own_task
+    try:
+        mark(rt, cls, ref, op, task)
+        try:
+            with _object_lock(cls, ref):
+                return fn()
+        finally:
+            unmark(rt, cls, ref, task)
+    finally:
+        if own_task is not None:
+            with rt.db.write() as tx:
+                tx.delete("task", own_task)
+                tx.forget_task_owners([own_task])
+
+
+def mark(rt: Runtime, cls: str, ref: str, op: str, task: str) -> None:
+    policy = policy_for(rt.model, cls)
+    with rt.db.write() as tx:
+        values = tx.must_get(cls, ref, for_update=True)
+        policy.check(ref, values, op)
+        current = {**values["current_operations"], task: op}
+        values = {**values, "current_operations": current}
+        tx.update(cls, ref, {
+            "current_operations": current,
+            "allowed_operations": policy.allowed(ref, values),
+        })
+
+
+def unmark(rt: Runtime, cls: str, ref: str, task: str) -> None:
+    policy = policy_for(rt.model, cls)
+    with rt.db.write() as tx:
+        values = tx.get(cls, ref, for_update=True)
+        if values is None:
+            return  # the operation destroyed its object
+        current = {k: v for k, v in values["current_operations"].items() if k != task}
+        values = {**values, "current_operations": current}
+        tx.update(cls, ref, {
+            "current_operations": current,
+            "allowed_operations": policy.allowed(ref, values),
+        })
+
+
+def refresh_allowed(rt: Runtime, cls: str, ref: str) -> None:
+    """Recompute ``allowed_operations`` after a change of state (e.g. power state)."""
+    policy = policy_for(rt.model, cls)
+    with rt.db.write() as tx:
+        values = tx.get(cls, ref, for_update=True)
+        if values is not None:
+            tx.update(cls, ref, {"allowed_operations": policy.allowed(ref, values)})
+
+
+def clear_stale(rt: Runtime) -> int:
+    """Drop current_operations entries whose task is gone or finished (restart safety)."""
+    cleared = 0
+    for cls in rt.cache.classes:
+        spec = rt.model.classes[cls]
+        if "current_operations" not in spec.fields or cls == "task":
+            continue
+        for row in rt.cache.rows(cls):
+            current = row.values["current_operations"]
+            stale = [k for k in current if not _live_task(rt, k)]
+            if not stale:
+                continue
+            policy = policy_for(rt.model, cls)
+            with rt.db.write() as tx:
+                values = tx.get(cls, row.ref, for_update=True)
+                if values is None:
+                    continue
+                kept = {k: v for k, v in values["current_operations"].items() if k not in stale}
+                values = {**values, "current_operations": kept}
+                tx.update(cls, row.ref, {
+                    "current_operations": kept,
+                    "allowed_operations": policy.allowed(row.ref, values),
+                })
+            cleared += len(stale)
+    return cleared
+
+
+def _live_task(rt: Runtime, ref: str) -> bool:
+    row = rt.cache.get("task", ref)
+    return row is not None and row.values["status"] == tasks.PENDING
