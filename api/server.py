@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from db.listen import ChangeListener
 from db.store import Database
 from xapi import firstboot, operations, sessions, tasks
 from xapi.auth import hash_password
@@ -44,6 +45,7 @@ def open_runtime(config: Config) -> Runtime:
     cleared = operations.clear_stale(rt)
     if cleared:
         log.warning("cleared %d stale current_operations entries", cleared)
+    rt.extra["listener"] = ChangeListener(db).start()  # commits of other processes (PostgreSQL)
     return rt
 
 

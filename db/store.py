@@ -34,6 +34,9 @@ from .schema import metadata, stored_classes, table_name
 from .values import from_column, to_column
 
 
+NOTIFY_CHANNEL = "xapi_changes"
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -110,7 +113,48 @@ class Database:
                     raise
                 conn.commit()
                 if changes:
-                    self.cache.apply(changes, generation)
+                    with self.cache.lock:
+                        if generation > self.cache.generation + 1:
+                            # Other processes committed in between: take theirs first,
+                            # so the cache (and event.from) sees generations in order.
+                            self.catch_up(upto=generation - 1)
+                        self.cache.apply(changes, generation)
+
+    def catch_up(self, upto: int | None = None) -> int:
+        """Apply changes committed by other processes since the cache's generation.
+
+        Reads ``xapi_changes`` in generation order and re-reads the rows they
+        name.  Returns the number of generations applied.
+        """
+        with self.cache.lock:
+            since = self.cache.generation
+            query = select(_changes_table()).where(_changes_table().c.generation > since)
+            if upto is not None:
+                query = query.where(_changes_table().c.generation <= upto)
+            query = query.order_by(_changes_table().c.generation)
+            with self.engine.connect() as conn:
+                entries = conn.execute(query).all()
+                by_generation: dict[int, list] = {}
+                for gen, cls, ref, op in entries:
+                    by_generation.setdefault(gen, []).append((cls, ref, op))
+                batches = []
+                for gen, items in by_generation.items():
+                    changes = []
+                    for cls, ref, op in items:
+                        if cls not in self.tables:
+                            continue
+                        if op == "del":
+                            row = self.cache.get(cls, ref)
+                            changes.append(Change(cls, ref, "del", None, row.created if row else 0, gen))
+                            continue
+                        table = self.tables[cls]
+                        row = conn.execute(select(table).where(table.c._ref == ref)).mappings().first()
+                        if row is not None:  # else deleted later: its del entry follows
+                            changes.append(self._change_from_row(cls, op, row))
+                    batches.append((gen, changes))
+            for gen, changes in batches:
+                self.cache.apply(changes, gen)
+            return len(batches)
 
     def _change_from_row(self, cls: str, op: str, row) -> Change:
         fields = self.classes[cls].stored_fields
@@ -275,6 +319,9 @@ class Transaction:
             insert(_changes_table()),
             [{"generation": generation, "cls": c, "ref": r, "op": op} for (c, r), op in ops.items()],
         )
+        if self.conn.dialect.name == "postgresql":
+            # Delivered at commit to every process LISTENing (db/listen.py).
+            self.conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}, '{generation}'"))
         changes = []
         for (cls, ref), op in ops.items():
             table = self.db.tables[cls]
