@@ -83,6 +83,28 @@ def cmd_passwd(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    """A Celery worker for this host's queue (needs redis_url)."""
+    import os
+
+    cfg = _config(args)
+    if not cfg.redis_url:
+        raise CliError("`xapi worker` needs redis_url; without it the server runs work itself")
+    if args.config:
+        os.environ["XAPI_CONFIG"] = args.config  # the Celery app reads the same file
+    from xapi import firstboot
+    from workers.celery_app import app, queue_for
+
+    host = firstboot.host_uuid(cfg.state_dir)
+    app.conf.broker_url = cfg.redis_url
+    app.worker_main([
+        "worker", "--queues", queue_for(host), "--pool", "threads",
+        "--concurrency", str(args.concurrency), "--loglevel", cfg.log_level.upper(),
+        "--hostname", f"xapi-{host}@%h", "--without-gossip", "--without-mingle",
+    ])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xapi", description="XenAPI-compatible pool server")
     parser.add_argument("-c", "--config", help="configuration file (default: $XAPI_CONFIG)")
@@ -94,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         fn=cmd_db_upgrade
     )
     sub.add_parser("passwd", help="set root's password (read from stdin)").set_defaults(fn=cmd_passwd)
+    worker = sub.add_parser("worker", help="run this host's Celery worker (with redis_url)")
+    worker.add_argument("--concurrency", type=int, default=4)
+    worker.set_defaults(fn=cmd_worker)
     # `-c` is accepted after the sub-command too: `xapi serve -c etc/xapi.conf`.
-    for p in (sub.choices["serve"], sub.choices["passwd"], db_sub.choices["upgrade"]):
+    for p in (sub.choices["serve"], sub.choices["passwd"], db_sub.choices["upgrade"], worker):
         p.add_argument("-c", "--config", dest="config", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

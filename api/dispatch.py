@@ -17,12 +17,13 @@ from xapi import sessions, tasks
 from xapi.context import Context, Runtime
 from xapi.errors import ApiError
 from xapi.idl.model import Message
-from xapi.impl import Handler, load_all
-
 from xapi.idl.types import NULL_REF
+from xapi.impl import Handler, load_all
 
 from . import implicit, records, xmlrpc
 from .params import ParamTypeError, coerce
+
+TASK_NAME = "xapi.run_call"  # workers.celery_app.TASK_NAME, without importing Celery here
 
 log = logging.getLogger("xapi.dispatch")
 
@@ -47,6 +48,7 @@ class Dispatcher:
         # Sync wire names only: no Async. forms, no aliases, no system.* methods.
         self.method_list = sorted(self.routes)
         self._jobs: set[asyncio.Task] = set()  # running Async calls
+        self._celery_app = None
 
     def resolve(self, method: str) -> tuple[Route | None, bool]:
         """The route for a wire name, and whether it was called as ``Async.``."""
@@ -89,26 +91,86 @@ class Dispatcher:
         return await self.run(ctx, route, typed)
 
     async def _start_async(self, ctx: Context, route: Route, args: list[Any], method: str) -> str:
-        """Create the task, answer with its ref at once, run the call in the background."""
+        """Create the task, answer with its ref at once, run the call in the background.
+
+        Without ``redis_url`` the call runs in this process; with it, the call
+        goes to this host's Celery queue and a worker runs it.
+        """
         loop = asyncio.get_running_loop()
+        rt = self.rt
         parent = ctx.headers.get("subtask-of", NULL_REF)
+        queue = self._celery_queue()
+        owner = f"{self._host_uuid()}/queue" if queue else rt.process_id
         task = await loop.run_in_executor(
-            self.rt.executor,
-            lambda: tasks.create(self.rt, method, session=ctx.session,
-                                 owner=self.rt.process_id, subtask_of=parent),
+            rt.executor,
+            lambda: tasks.create(rt, method, session=ctx.session or NULL_REF, owner=owner,
+                                 subtask_of=parent),
         )
-        # The result is stored as XML-RPC text whatever the caller speaks.
-        run_ctx = replace(ctx, fmt="xml", task=task,
-                          encode_record=lambda cls, row: records.encoded(self.rt.cache, cls, row, "xml"))
-        tasks.register_running(self.rt, task)
-        job = asyncio.create_task(self._run_task(run_ctx, route, args, task))
+        if queue:
+            args_xml = xmlrpc.encode(list(args))
+            await loop.run_in_executor(
+                rt.executor,
+                lambda: self._celery().send_task(
+                    TASK_NAME, args=[task, route.message.wire_name, args_xml, ctx.session],
+                    queue=queue),
+            )
+            return task
+        tasks.register_running(rt, task)
+        job = asyncio.create_task(self._run_task(self._task_context(ctx, task), route, args, task))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return task
 
+    def _task_context(self, ctx: Context, task: str) -> Context:
+        # The result is stored as XML-RPC text whatever the caller speaks.
+        return replace(ctx, fmt="xml", task=task,
+                       encode_record=lambda cls, row: records.encoded(self.rt.cache, cls, row, "xml"))
+
+    async def run_submitted(self, rt: Runtime, task: str, method: str, args_xml: str, session: str):
+        """Run a call a server queued for this worker process (see workers/tasks.py)."""
+        row = rt.cache.get("task", task)
+        if row is None or row.values["status"] != tasks.PENDING:
+            return  # cancelled, destroyed or failed while queued
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(rt.executor, self._take_over, task)
+        route = self.routes[method]
+        _, (params,) = xmlrpc.decode_request(
+            f"<methodCall><methodName>{method}</methodName><params><param>{args_xml}"
+            "</param></params></methodCall>".encode()
+        )
+        tasks.register_running(rt, task)
+        ctx = self._task_context(Context(rt=rt, session=session, method=method), task)
+        try:
+            args = self._unmarshal(route.message, params)
+        except ApiError as exc:
+            await loop.run_in_executor(rt.executor, tasks.fail, rt, task, exc)
+            return
+        await self._run_task(ctx, route, args, task)
+
+    def _take_over(self, task: str) -> None:
+        with self.rt.db.write() as tx:
+            tx.update_task_owner(task, self.rt.process_id)
+
+    def _celery_queue(self) -> str | None:
+        if not self.rt.config.redis_url:
+            return None
+        from workers.celery_app import queue_for
+
+        return queue_for(self._host_uuid())
+
+    def _host_uuid(self) -> str:
+        return self.rt.cache.get("host", self.rt.host_ref).values["uuid"]
+
+    def _celery(self):
+        if self._celery_app is None:
+            from workers.celery_app import make_app
+
+            self._celery_app = make_app(self.rt.config.redis_url)
+        return self._celery_app
+
     async def _run_task(self, ctx: Context, route: Route, args: list[Any], task: str) -> None:
         loop = asyncio.get_running_loop()
-        rt = self.rt
+        rt = ctx.rt
         try:
             ctx.check_cancelled()
             value = await self.run(ctx, route, args)
@@ -132,7 +194,7 @@ class Dispatcher:
         if handler.mode == "async":
             return await handler.fn(ctx, *args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.rt.executor, handler.fn, ctx, *args)
+        return await loop.run_in_executor(ctx.rt.executor, handler.fn, ctx, *args)
 
     def _unmarshal(self, message: Message, args: list[Any]) -> list[Any]:
         """Typed parameters; failures read as xapi's unmarshaller reports them."""

@@ -38,7 +38,7 @@ def open_runtime(config: Config) -> Runtime:
     set_initial_root_password(db)
     firstboot.run(rt)
     host_uuid = rt.cache.get("host", rt.host_ref).values["uuid"]
-    rt.process_id = f"{host_uuid}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    rt.process_id = f"{host_uuid}/server/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     failed = tasks.fail_orphans(rt, alive={rt.process_id})
     if failed:
         log.warning("failed %d tasks left pending by a previous run", failed)

@@ -25,8 +25,10 @@ class ChangeListener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="xapi-listen", daemon=True)
 
-    def start(self) -> "ChangeListener":
-        if self.db.dialect == "postgresql":
+    def start(self, force: bool = False) -> "ChangeListener":
+        """Listen on PostgreSQL; elsewhere only poll, and only if ``force``d
+        (several processes on one SQLite file, which the embedded mode avoids)."""
+        if self.db.dialect == "postgresql" or force:
             self._thread.start()
         return self
 
@@ -36,7 +38,11 @@ class ChangeListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._listen()
+                if self.db.dialect == "postgresql":
+                    self._listen()
+                else:
+                    self.db.catch_up()
+                    self._stop.wait(self.poll_interval)
             except Exception:
                 log.exception("change listener lost its connection; retrying")
                 time.sleep(1.0)

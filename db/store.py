@@ -263,6 +263,10 @@ class Transaction:
         self.conn.execute(insert(metadata.tables["xapi_task_owner"]).values(
             task=task, session=session, owner=owner))
 
+    def update_task_owner(self, task: str, owner: str) -> None:
+        table = metadata.tables["xapi_task_owner"]
+        self.conn.execute(update(table).where(table.c.task == task).values(owner=owner))
+
     def task_owners(self) -> dict[str, tuple[str, str]]:
         """task ref → (session, owner process) for every recorded task."""
         table = metadata.tables["xapi_task_owner"]

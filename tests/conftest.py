@@ -6,6 +6,7 @@ PostgreSQL (started if it is down); the default is SQLite.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 
@@ -41,6 +42,7 @@ def db_url():
     else:
         directory = tempfile.mkdtemp(prefix="xapi-db-")
         yield f"sqlite:///{directory}/xapi.db"
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -56,6 +58,7 @@ def fresh_db_url():
     else:
         directory = tempfile.mkdtemp(prefix="xapi-db-")
         yield f"sqlite:///{directory}/xapi.db"
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

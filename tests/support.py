@@ -46,6 +46,32 @@ def ensure_postgres() -> str | None:
     return "PostgreSQL is not reachable on 127.0.0.1:5432 and could not be started"
 
 
+REDIS_URL = os.environ.get("XAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_redis() -> str | None:
+    """Start a local Redis if it is down; returns a reason when unusable."""
+    if _redis_reachable():
+        return None
+    server = shutil.which("redis-server")
+    if server:
+        subprocess.run([server, "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+                        "--save", "", "--appendonly", "no"], capture_output=True, timeout=30)
+        for _ in range(50):
+            if _redis_reachable():
+                return None
+            time.sleep(0.1)
+    return "Redis is not reachable on 127.0.0.1:6379 and could not be started"
+
+
 def create_pg_database() -> str:
     """A fresh, empty database for one test run; returns its URL."""
     from sqlalchemy import create_engine, text
@@ -93,7 +119,7 @@ class LiveServer:
     def log(self) -> str:
         return Path(self.log_path).read_text()
 
-    def stop(self) -> None:
+    def stop(self, keep_state: bool = False) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -101,6 +127,21 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if not keep_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:
+    """Run ``xapi worker`` for the server's host (same state dir and database)."""
+    env = dict(os.environ)
+    env.update({"XAPI_STATE_DIR": server.state_dir, "XAPI_DB_URL": server.db_url or "",
+                "XAPI_LOG_LEVEL": "INFO"})
+    env.pop("XAPI_CONFIG", None)
+    for key, value in settings.items():
+        env[f"XAPI_{key.upper()}"] = str(value)
+    log = open(os.path.join(server.state_dir, "worker.log"), "ab")
+    return subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--concurrency", "2"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def start_server(db_url: str | None = None, state_dir: str | None = None, **settings) -> LiveServer:

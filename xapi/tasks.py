@@ -60,9 +60,13 @@ def create(
     return ref
 
 
-def fail_orphans(rt: Runtime, alive: set[str]) -> int:
-    """Fail this host's pending tasks whose owning process is gone (restart safety)."""
-    prefix = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/"
+def fail_orphans(rt: Runtime, alive: set[str], kind: str = "server") -> int:
+    """Fail this host's pending tasks whose owning process is gone (restart safety).
+
+    Owners are ``<host uuid>/<kind>/<pid>/<nonce>``; a process of one kind
+    starting on a host takes over from every earlier process of that kind.
+    """
+    prefix = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/{kind}/"
     with rt.db.write() as tx:
         owners = tx.task_owners()
     orphans = [
@@ -154,9 +158,16 @@ def request_cancel(rt: Runtime, ref: str) -> bool:
 
 
 def check_cancelled(rt: Runtime, ref: str | None) -> None:
-    """Raise TASK_CANCELLED if the task running this code was cancelled."""
+    """Raise TASK_CANCELLED if the task running this code was cancelled.
+
+    The flag is raised in-process by ``request_cancel``; a task run by another
+    process (a worker) sees the request as ``cancel`` in its current_operations.
+    """
     if ref is None:
         return
     state = _cancel_states(rt).get(ref)
     if state is not None and state.flag.is_set():
+        raise ApiError("TASK_CANCELLED", ref)
+    row = rt.cache.get("task", ref)
+    if row is not None and "cancel" in row.values["current_operations"].values():
         raise ApiError("TASK_CANCELLED", ref)

@@ -4,9 +4,9 @@ Every test runs ``js/xo_probe.mjs`` (one scenario, one transport) in Node and
 checks the single JSON line it prints. Both transports XO supports are used:
 JSON-RPC (``POST /jsonrpc``) and XML-RPC (``POST /xmlrpc``).
 
-The client is created with ``watchEvents: false``; ``callAsync``, ``barrier()``
-and the object cache are not used, because event.from / event.inject / Async
-tasks are not implemented yet.
+The client is created with ``watchEvents: false``, so these tests cover plain
+calls only; the object cache, the event.from loop, ``callAsync`` and
+``barrier()`` are covered by ``test_xo_events.py`` (``js/xo_events_probe.mjs``).
 
 Needs ``node`` (>= 18) and ``npm``; the first run installs the pinned client
 with ``npm ci`` into ``tests/e2e/js/node_modules`` (registry access needed once).
@@ -86,8 +86,9 @@ def node_client():
     return node
 
 
-def probe(node: str, server, transport: str, scenario: str, password: str = support.ROOT_PASSWORD) -> dict:
-    """Run one probe scenario; return its ``result`` (fails the test on a probe failure)."""
+def probe(node: str, server, transport: str, scenario: str, password: str = support.ROOT_PASSWORD,
+          script: Path = PROBE) -> dict:
+    """Run one scenario of ``script``; return its ``result`` (fails the test on a probe failure)."""
     args = {
         "url": server.url,
         "user": "root",
@@ -97,7 +98,7 @@ def probe(node: str, server, transport: str, scenario: str, password: str = supp
     }
     try:
         done = subprocess.run(
-            [node, str(PROBE), json.dumps(args)], cwd=JS_DIR, capture_output=True, text=True,
+            [node, str(script), json.dumps(args)], cwd=JS_DIR, capture_output=True, text=True,
             timeout=PROBE_TIMEOUT,
         )
     except subprocess.TimeoutExpired as exc:

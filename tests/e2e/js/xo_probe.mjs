@@ -9,7 +9,7 @@
 //
 // Expected API errors (scenario "errors") are part of the result, not a
 // failure. Event watching, Async calls, barrier() and the object cache are
-// deliberately not used: the server does not implement event.from / tasks yet.
+// deliberately not used here (watchEvents: false); xo_events_probe.mjs covers them.
 
 import { createClient } from 'xen-api'
 // not re-exported by index.mjs; the package has no "exports" map so the

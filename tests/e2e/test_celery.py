@@ -1,0 +1,77 @@
+"""Async calls run by a Celery worker process, on PostgreSQL and Redis.
+
+The worker commits the task's outcome (and the objects it made) to
+PostgreSQL; the server learns of it through LISTEN/NOTIFY and wakes the
+event.from calls waiting on it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import XenAPI
+
+from tests import support
+
+NET = {"name_label": "by-worker", "name_description": "", "MTU": "1500", "other_config": {}}
+
+
+@pytest.fixture(scope="module")
+def pool_with_worker():
+    for problem in (support.ensure_postgres(), support.ensure_redis()):
+        if problem:
+            pytest.skip(f"LOUD SKIP: {problem}")
+    url = support.create_pg_database()
+    srv = support.start_server(db_url=url, redis_url=support.REDIS_URL)
+    worker = support.start_worker(srv, redis_url=support.REDIS_URL)
+    yield srv, worker
+    worker.terminate()
+    worker.wait(20)
+    srv.stop()
+    support.drop_pg_database(url)
+
+
+def _wait_task(x, task, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = x.task.get_record(task)
+        if record["status"] != "pending":
+            return record
+        time.sleep(0.05)
+    raise AssertionError("task still pending")
+
+
+def test_worker_runs_async_calls_and_wakes_event_from(pool_with_worker):
+    srv, worker = pool_with_worker
+    s = XenAPI.Session(srv.url)
+    s.login_with_password("root", support.ROOT_PASSWORD)
+    x = s.xenapi
+    token = x.event_from(["network"], "", 0.0)["token"]
+    seen = {}
+
+    def watch():
+        w = XenAPI.Session(srv.url)
+        w.login_with_password("root", support.ROOT_PASSWORD)
+        seen["batch"] = w.xenapi.event_from(["network"], token, 30.0)
+        seen["at"] = time.monotonic()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.5)
+    task = x.Async.network.create(NET)
+    record = _wait_task(x, task)
+    watcher.join(30)
+    assert record["status"] == "success", record["error_info"]
+    net = record["result"][len("<value>"):-len("</value>")]
+    assert [(e["operation"], e["ref"]) for e in seen["batch"]["events"]] == [("add", net)]
+    # The worker, not the server, ran it.
+    worker_log = open(os.path.join(srv.state_dir, "worker.log")).read()
+    assert "Task xapi.run_call" in worker_log and "succeeded" in worker_log
+    failed = _wait_task(x, x.Async.network.destroy("OpaqueRef:missing"))
+    assert failed["status"] == "failure"
+    assert failed["error_info"] == ["HANDLE_INVALID", "network", "OpaqueRef:missing"]
+    x.network.destroy(net)
+    assert worker.poll() is None

@@ -1,0 +1,39 @@
+"""The Celery application: asynchronous XenAPI calls on per-host queues.
+
+With ``redis_url`` set, the server hands each ``Async.*`` call to the queue
+of the host that should run it (``host.<host uuid>``) instead of running it
+in-process; ``xapi worker`` consumes that queue.  The worker runs the call
+through the same dispatch code as the server and records the outcome on the
+task; the server learns of it through the database's change notifications.
+Arguments travel as XML-RPC text, the API's own wire form, so nothing but
+XenAPI values crosses the broker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from xapi import config as config_mod
+
+TASK_NAME = "xapi.run_call"
+
+
+def queue_for(host_uuid: str) -> str:
+    return f"host.{host_uuid}"
+
+
+def make_app(redis_url: str) -> Celery:
+    app = Celery("xapi", broker=redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+# `celery -A workers.celery_app worker` finds this; the URL comes from the configuration.
+app = make_app(config_mod.load().redis_url or "redis://127.0.0.1:6379/0")

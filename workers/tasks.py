@@ -1,0 +1,60 @@
+"""What a worker process runs: one XenAPI call under an existing task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import uuid
+
+from xapi import config as config_mod
+from xapi import tasks
+from xapi.context import Context, Runtime
+from xapi.errors import ApiError
+
+from .celery_app import TASK_NAME, app
+
+log = logging.getLogger("xapi.worker")
+
+_runtime: Runtime | None = None
+_dispatcher = None
+_lock = threading.Lock()
+
+
+def worker_runtime():
+    """This worker process's runtime, built on first use (after any fork)."""
+    global _runtime, _dispatcher
+    with _lock:
+        if _runtime is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from api.dispatch import Dispatcher
+            from db.listen import ChangeListener
+            from db.store import Database
+            from xapi import firstboot
+
+            cfg = config_mod.load()
+            db = Database(cfg.database_url)
+            db.upgrade()
+            db.load()
+            rt = Runtime(config=cfg, db=db, executor=ThreadPoolExecutor(cfg.worker_threads))
+            host_uuid = firstboot.host_uuid(cfg.state_dir)
+            rt.host_ref = db.cache.ref_by_uuid("host", host_uuid) or rt.host_ref
+            pools = db.cache.rows("pool")
+            rt.pool_ref = pools[0].ref if pools else rt.pool_ref
+            rt.process_id = f"{host_uuid}/worker/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+            rt.extra["listener"] = ChangeListener(db, poll_interval=0.5).start(force=True)
+            failed = tasks.fail_orphans(rt, alive={rt.process_id}, kind="worker")
+            if failed:
+                log.warning("failed %d tasks left pending by a previous worker", failed)
+            _dispatcher = Dispatcher(rt)
+            _runtime = rt
+        return _runtime, _dispatcher
+
+
+@app.task(name=TASK_NAME)
+def run_call(task: str, method: str, args_xml: str, session: str) -> None:
+    rt, dispatcher = worker_runtime()
+    rt.db.catch_up()  # the task row was committed just before this message was sent
+    asyncio.run(dispatcher.run_submitted(rt, task, method, args_xml, session))
