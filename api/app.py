@@ -23,6 +23,7 @@ log = logging.getLogger("xapi.api")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+LOCAL = web.AppKey("local", bool)  # the unix-socket listener: logins are pre-authenticated
 
 _CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "X-Requested-With"}
 _XML_HEADERS = {"Content-Type": xmlrpc.CONTENT_TYPE, **_CORS}
@@ -66,18 +67,13 @@ def _error_page(detail: str) -> web.Response:
 _OVERSIZE = "Http_svr.Client_requested_size_over_limit"
 
 
-def _is_local(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
-
-
 def _context(request: web.Request, fmt: str) -> Context:
     rt = request.app[RUNTIME]
     return Context(
         rt=rt,
         fmt=fmt,
-        local=_is_local(request),
-        headers={k.lower(): v for k, v in request.headers.items()},
+        local=request.app[LOCAL],
+        headers=request.headers,  # case-insensitive already
         encode_record=lambda cls, row: records.encoded(rt.cache, cls, row, fmt),
     )
 
@@ -140,7 +136,7 @@ async def handle_preflight(request: web.Request) -> web.Response:
 
 async def handle_get(request: web.Request) -> web.Response:
     # xapi serves its web root only over HTTPS or the local socket; plain HTTP is refused.
-    if _is_local(request):
+    if request.app[LOCAL]:
         raise web.HTTPNotFound()
     return web.Response(status=403, body=_FORBIDDEN, headers={"Content-Type": "text/html"})
 
@@ -151,10 +147,12 @@ async def handle_post(request: web.Request) -> web.Response:
     return await handle_xmlrpc(request)
 
 
-def create_app(rt: Runtime) -> web.Application:
+def create_app(rt: Runtime, dispatcher: Dispatcher | None = None, local: bool = False) -> web.Application:
+    """One application per listener; the unix socket's is ``local``."""
     app = web.Application(client_max_size=rt.config.max_rpc_size + 1)
     app[RUNTIME] = rt
-    app[DISPATCHER] = Dispatcher(rt)
+    app[DISPATCHER] = dispatcher or Dispatcher(rt)
+    app[LOCAL] = local
     app.router.add_route("POST", "/{tail:.*}", handle_post)
     app.router.add_route("OPTIONS", "/{tail:.*}", handle_preflight)
     app.router.add_route("GET", "/{tail:.*}", handle_get)

@@ -49,9 +49,19 @@ class Dispatcher:
         self.method_list = sorted(self.routes)
         self._jobs: set[asyncio.Task] = set()  # running Async calls
         self._celery_app = None
+        self._resolved: dict[str, tuple[Route, bool]] = {}
 
     def resolve(self, method: str) -> tuple[Route | None, bool]:
         """The route for a wire name, and whether it was called as ``Async.``."""
+        known = self._resolved.get(method)
+        if known is not None:
+            return known
+        found = self._resolve(method)
+        if found[0] is not None:
+            self._resolved[method] = found  # only real names: unknown ones must not grow it
+        return found
+
+    def _resolve(self, method: str) -> tuple[Route | None, bool]:
         is_async = False
         for prefix in ("Async.", "InternalAsync."):
             if method.startswith(prefix):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import uuid
@@ -18,9 +19,9 @@ from xapi.config import Config
 from xapi.context import Runtime
 from xapi.events import EventHub
 
-from workers import gc
+from workers import gc as db_gc
 
-from .app import create_app
+from .app import DISPATCHER, create_app
 
 log = logging.getLogger("xapi.server")
 
@@ -65,11 +66,11 @@ def set_initial_root_password(db: Database) -> None:
 
 async def _gc_loop(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
-    state = gc.GcState()
+    state = db_gc.GcState()
     while True:
         await asyncio.sleep(rt.config.gc_interval)
         try:
-            await loop.run_in_executor(rt.executor, gc.run_pass, rt, state)
+            await loop.run_in_executor(rt.executor, db_gc.run_pass, rt, state)
         except Exception:
             log.exception("GC pass failed")
 
@@ -93,18 +94,25 @@ async def _heartbeat_loop(rt: Runtime) -> None:
 async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     rt = await loop.run_in_executor(None, open_runtime, config)
+    # The object cache is millions of long-lived objects: keep them out of the
+    # cyclic GC's full passes, which would otherwise stall big responses.
+    gc.collect()
+    gc.freeze()
     rt.events = EventHub(loop)
     rt.events.generation = rt.cache.generation
     rt.cache.listeners.append(rt.events.notify_threadsafe)
     app = create_app(rt)
-    runner = web.AppRunner(app, access_log=None, handle_signals=True)
-    await runner.setup()
-    sites = [web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)]
+    runners = [web.AppRunner(app, access_log=None, handle_signals=True)]
+    await runners[0].setup()
+    sites = [web.TCPSite(runners[0], config.listen_host, config.listen_port, backlog=1024)]
     socket_path = config.socket_path
     if socket_path:
         if os.path.exists(socket_path):
             os.unlink(socket_path)
-        sites.append(web.UnixSite(runner, socket_path))
+        local = web.AppRunner(create_app(rt, app[DISPATCHER], local=True), access_log=None)
+        await local.setup()
+        runners.append(local)
+        sites.append(web.UnixSite(local, socket_path))
     for site in sites:
         await site.start()
     log.info("xapi listening on %s%s", config.listen,
@@ -117,6 +125,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     finally:
         for job in background:
             job.cancel()
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         rt.executor.shutdown(wait=False)
         rt.db.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import xmlrpc.client
+from xml.etree import ElementTree
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,17 @@ class RawXML(str):
 
 
 def decode_request(body: bytes) -> tuple[str, list[Any]]:
+    """Method name and parameters of an XML-RPC call.
+
+    The standard library's parser defines what is accepted.  Well-formed,
+    ordinary calls take a faster path through ElementTree's C tree builder,
+    which gives the same values; anything it does not recognise goes to the
+    standard parser, so both paths accept and refuse exactly the same input.
+    """
+    try:
+        return _fast_decode(body)
+    except Exception:
+        pass
     try:
         params, method = xmlrpc.client.loads(body, use_datetime=False, use_builtin_types=False)
     except Exception as exc:  # expat, int(), float() or structure errors alike
@@ -42,6 +54,82 @@ def decode_request(body: bytes) -> tuple[str, list[Any]]:
     if not isinstance(method, str) or not method:
         raise ProtocolError("XML-RPC request without a methodName")
     return method, list(params)
+
+
+class _Unusual(Exception):
+    """Not an ordinary call: let the standard parser decide."""
+
+
+_INT_TAGS = frozenset(("int", "i4", "i8", "i1", "i2", "bigint"))
+
+
+def _fast_decode(body: bytes) -> tuple[str, list[Any]]:
+    root = ElementTree.fromstring(body)
+    if root.tag != "methodCall" or root.text and root.text.strip():
+        raise _Unusual
+    children = list(root)
+    if not children or children[0].tag != "methodName" or len(children) > 2:
+        raise _Unusual
+    name = children[0]
+    if len(name) or not name.text:
+        raise _Unusual
+    params = []
+    if len(children) == 2:
+        if children[1].tag != "params":
+            raise _Unusual
+        for param in children[1]:
+            if param.tag != "param" or len(param) != 1:
+                raise _Unusual
+            params.append(_fast_value(param[0]))
+    return name.text, params
+
+
+def _fast_value(node) -> Any:
+    if node.tag != "value" or len(node) > 1:
+        raise _Unusual
+    if not len(node):
+        return node.text or ""
+    if node.text and node.text.strip():
+        raise _Unusual
+    typed = node[0]
+    if typed.tail and typed.tail.strip():
+        raise _Unusual
+    tag, text = typed.tag, typed.text
+    if tag == "string":
+        if len(typed):
+            raise _Unusual
+        return text or ""
+    if tag == "struct":
+        out = {}
+        for member in typed:
+            if member.tag != "member" or len(member) != 2:
+                raise _Unusual
+            key, value = member
+            if key.tag != "name" or len(key):
+                raise _Unusual
+            out[key.text or ""] = _fast_value(value)
+        return out
+    if tag == "array":
+        if len(typed) != 1 or typed[0].tag != "data":
+            raise _Unusual
+        return [_fast_value(v) for v in typed[0]]
+    if len(typed):
+        raise _Unusual
+    if tag in _INT_TAGS:
+        return int(text)
+    if tag == "boolean":
+        if text == "1":
+            return True
+        if text == "0":
+            return False
+        raise _Unusual
+    if tag == "double":
+        return float(text)
+    if tag == "nil":
+        return None
+    if tag == "dateTime.iso8601":
+        return xmlrpc.client.DateTime(text)
+    raise _Unusual
 
 
 # Characters XML 1.0 cannot carry are dropped, as xapi does with control characters.

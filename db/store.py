@@ -231,7 +231,8 @@ class Transaction:
         for f in spec.stored_fields:
             value = values[f.name] if f.name in values else self._initial(f)
             row[f.name] = to_column(f.type, value)
-        self.conn.execute(insert(self.db.tables[cls]).values(row))
+        # Values bound at execution: the compiled statement is cached per table.
+        self.conn.execute(insert(self.db.tables[cls]), row)
         self._mark(cls, ref, "add")
         self._touch_targets(cls, None, values)
 

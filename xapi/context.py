@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from db.store import Database
 from xapi.config import Config
@@ -49,7 +49,7 @@ class Context:
     local: bool = False  # arrived over the unix socket (pre-authenticated as root)
     method: str = ""
     task: str | None = None  # the task this call runs under, if any
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # case-insensitive from aiohttp
     # Wire form of a whole record in this call's format (set by the API layer).
     encode_record: Callable[[str, Any], Any] | None = None
 

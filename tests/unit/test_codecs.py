@@ -805,3 +805,39 @@ def test_params_fuzz_only_param_type_error(model, ty, value):
         params.coerce(model, T(ty), value)
     except params.ParamTypeError:
         pass
+
+
+# --------------------------------------------------------------------------
+# The fast request decoder agrees with the standard library's
+# --------------------------------------------------------------------------
+
+_wire_values = st.recursive(
+    st.one_of(
+        # What the stdlib encoder can write: no control characters, int32 only.
+        st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20),
+        st.integers(min_value=-(2**31), max_value=2**31 - 1),
+        st.booleans(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.none(),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=8),
+        inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz._", min_size=1, max_size=20),
+       st.lists(_wire_values, max_size=5))
+def test_fast_decoder_matches_stdlib(method, params):
+    import xmlrpc.client as stdlib
+
+    for body in (
+        stdlib.dumps(tuple(params), method, allow_none=True).encode(),
+        ("<methodCall><methodName>%s</methodName><params>%s</params></methodCall>" % (
+            method, "".join(f"<param>{xmlrpc.encode(p)}</param>" for p in params))).encode(),
+    ):
+        expected_params, expected_method = stdlib.loads(body, use_datetime=False)
+        assert xmlrpc._fast_decode(body) == (expected_method, list(expected_params))
+        assert xmlrpc.decode_request(body) == (expected_method, list(expected_params))
