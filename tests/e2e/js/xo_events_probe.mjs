@@ -82,6 +82,15 @@ async function expectRejection(label, promise) {
 function instrument(xapi) {
   const calls = [] // { method, start, end, error }
   const eventFroms = [] // what each successful event.from returned
+  // the key sets of every record the client received, by lower-case class,
+  // from <X>.get_all_records and from event.from snapshots alike
+  const keySets = {}
+  const addKeySet = (cls, record, source) => {
+    if (record === null || typeof record !== 'object') return
+    const key = JSON.stringify(Object.keys(record).sort())
+    const sets = (keySets[cls.toLowerCase()] ??= {})
+    sets[key] ??= source
+  }
   const original = xapi._call
   xapi._call = function (method, args, timeout) {
     const entry = { method, start: Date.now() }
@@ -92,8 +101,13 @@ function instrument(xapi) {
         entry.end = Date.now()
         if (method.startsWith('Async.')) {
           entry.result = result
+        } else if (method.endsWith('.get_all_records') && result !== null && typeof result === 'object') {
+          for (const record of Object.values(result)) addKeySet(method.slice(0, method.indexOf('.')), record, method)
         } else if (method === 'event.from') {
           const events = Array.isArray(result?.events) ? result.events : []
+          for (const event of events) {
+            if (event.snapshot !== undefined) addKeySet(String(event.class), event.snapshot, `event.from ${event.class} ${event.operation}`)
+          }
           const counts = result?.valid_ref_counts
           const summary = {
             at: entry.end,
@@ -132,6 +146,9 @@ function instrument(xapi) {
         errors: calls.filter(c => c.error !== undefined).map(c => ({ method: c.method, error: c.error })),
         eventFroms: eventFroms.slice(-10),
         pending: calls.filter(c => c.end === undefined).map(c => c.method),
+        // classes whose records did not all have the same keys: { class: { keys: first source } }
+        keySetConflicts: Object.fromEntries(Object.entries(keySets).filter(([, sets]) => Object.keys(sets).length > 1)),
+        keySetClasses: Object.keys(keySets).length,
       }
     },
   }
@@ -158,13 +175,26 @@ function makeClient(args) {
 // first (the loop then waits for a reconnection instead of re-logging in when
 // the pending event.from fails with SESSION_INVALID), then session.logout.
 async function logout(xapi, sessionId) {
+  // let the loop get back into event.from (it waits `debounce` ms after each batch)
+  const waiting = () => xapi.$probe.calls.some(c => c.method === 'event.from' && c.end === undefined)
+  for (const start = Date.now(); !waiting() && Date.now() - start < 2e3; ) await sleep(10)
   xapi._sessionId = undefined
   await xapi.disconnect()
+  let logout
+  const pending = xapi.$probe.calls.filter(c => c.method === 'event.from' && c.end === undefined)
+  const start = Date.now()
   try {
-    return { result: await xapi._call('session.logout', [sessionId]) }
+    logout = { result: await xapi._call('session.logout', [sessionId]) }
   } catch (error) {
-    return { error: describeError(error) }
+    logout = { error: describeError(error) }
   }
+  // the event.from pending in the event loop must end once its session is gone
+  while (pending.some(c => c.end === undefined) && Date.now() - start < 3e3) await sleep(10)
+  const eventFromAtLogout = pending.map(c => ({
+    error: c.error ?? null,
+    msAfterLogout: c.end === undefined ? null : c.end - start,
+  }))
+  return { logout, eventFromAtLogout }
 }
 
 async function withClient(args, fn) {
@@ -182,9 +212,10 @@ async function withClient(args, fn) {
     throw error
   }
   result.sessionId = sessionId
+  result.types ??= xapi._types
   result.watchEventsError = xapi.watchEventsError === undefined ? null : describeError(xapi.watchEventsError)
   result.calls = xapi.$probe.summary()
-  result.logout = await logout(xapi, sessionId)
+  Object.assign(result, await logout(xapi, sessionId))
   return result
 }
 
@@ -264,6 +295,7 @@ const scenarios = {
         lookups,
         nTasks: xapi._nTasks,
         firstEventFrom: eventFromCalls[0] && { pending: eventFromCalls[0].end === undefined, error: eventFromCalls[0].error ?? null },
+        firstBatch: xapi.$probe.eventFroms[0] ?? null,
       }
     })
   },
@@ -520,7 +552,12 @@ const scenarios = {
             change.name_label = object.name_label
             change.name_description = object.name_description
             if (type === 'network') change.record = { ...object }
-            if (type === 'pool') change.other_config = object.other_config
+            if (object.other_config !== undefined) change.other_config = object.other_config
+            if (type === 'task') {
+              change.status = object.status
+              change.result = object.result
+              change.error_info = object.error_info
+            }
           }
           emit(change)
         }
