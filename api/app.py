@@ -67,6 +67,12 @@ def _error_page(detail: str) -> web.Response:
 _OVERSIZE = "Http_svr.Client_requested_size_over_limit"
 
 
+_RAW = {
+    "xml": lambda value: xmlrpc.RawXML(xmlrpc.encode(value)),
+    "json": lambda value: jsonrpc.RawJSON(jsonrpc.encode(value)),
+}
+
+
 def _context(request: web.Request, fmt: str) -> Context:
     rt = request.app[RUNTIME]
     return Context(
@@ -75,6 +81,7 @@ def _context(request: web.Request, fmt: str) -> Context:
         local=request.app[LOCAL],
         headers=request.headers,  # case-insensitive already
         encode_record=lambda cls, row: records.encoded(rt.cache, cls, row, fmt),
+        encode_value=_RAW[fmt],
     )
 
 

@@ -134,7 +134,8 @@ class Dispatcher:
     def _task_context(self, ctx: Context, task: str) -> Context:
         # The result is stored as XML-RPC text whatever the caller speaks.
         return replace(ctx, fmt="xml", task=task,
-                       encode_record=lambda cls, row: records.encoded(self.rt.cache, cls, row, "xml"))
+                       encode_record=lambda cls, row: records.encoded(self.rt.cache, cls, row, "xml"),
+                       encode_value=lambda value: xmlrpc.RawXML(xmlrpc.encode(value)))
 
     async def run_submitted(self, rt: Runtime, task: str, method: str, args_xml: str, session: str):
         """Run a call a server queued for this worker process (see workers/tasks.py)."""

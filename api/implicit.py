@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from xapi import where
+from xapi import operations, where
 from xapi.context import Context
 from xapi.errors import ApiError
 from xapi.idl.model import Cls, Field, Message, Model
@@ -134,10 +134,12 @@ def get_all_records_where(cls: str) -> Callable:
 # -- writes --------------------------------------------------------------------
 
 
-def setter(cls: str, field: str) -> Callable:
+def setter(cls: str, field: str, ruled: bool) -> Callable:
     def set_(ctx: Context, ref: str, value: Any):
         with ctx.rt.db.write() as tx:
             tx.update(cls, ref, {field: value})
+        if ruled:  # e.g. is_a_template or blocked_operations change what the object allows
+            operations.refresh_allowed(ctx.rt, cls, ref)
         return ""
 
     return set_
@@ -301,7 +303,9 @@ def handler_for(model: Model, message: Message) -> Handler | None:
         return read(derived_getter(cls, f.name) if f.derived else getter(cls, f.name))
     if tag in ("FromField.Setter", "Custom") and name.startswith("set_") and n == 2:
         f = _field_of(spec, name, ("set_",), None)
-        return write(setter(cls, f.name)) if f and f.derived is None else None
+        ruled = "allowed_operations" in spec.fields and f is not None and f.name not in (
+            "allowed_operations", "current_operations")
+        return write(setter(cls, f.name, ruled)) if f and f.derived is None else None
     if tag in ("FromField.Add", "Custom") and name.startswith("add_to_") and n == 3:
         f = _field_of(spec, name, ("add_to_",), "map")
         return write(map_add(cls, f.name)) if f else None

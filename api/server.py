@@ -17,6 +17,8 @@ from xapi import firstboot, operations, sessions, tasks
 from xapi.auth import hash_password
 from xapi.config import Config
 from xapi.context import Runtime
+from xapi.domains import embedded
+from xapi.domains.service import Domains
 from xapi.events import EventHub
 
 from workers import gc as db_gc
@@ -47,7 +49,22 @@ def open_runtime(config: Config) -> Runtime:
     if cleared:
         log.warning("cleared %d stale current_operations entries", cleared)
     rt.extra["listener"] = ChangeListener(db).start()  # commits of other processes (PostgreSQL)
+    start_domains(rt)
     return rt
+
+
+def start_domains(rt: Runtime) -> None:
+    """xenopsd: the simulator in the embedded mode, a client and a watcher per queue."""
+    config = rt.config
+    queues = config.xenopsd_queue_list
+    if not queues:
+        return
+    rt.extra["simulator"] = embedded.ensure_simulator(config)
+    rt.domains = Domains(rt, queues, config.xenopsd_sockets, config.xenopsd_encoding)
+    rt.domains.start_watchers()
+    for watcher in rt.domains.watchers:  # resynced before the first client is served
+        if not watcher.resynced.wait(30):
+            log.warning("xenopsd queue %s did not answer; VMs on it wait for it", watcher.queue)
 
 
 def set_initial_root_password(db: Database) -> None:
@@ -98,7 +115,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     # cyclic GC's full passes, which would otherwise stall big responses.
     gc.collect()
     gc.freeze()
-    rt.events = EventHub(loop)
+    rt.events = EventHub(loop, delay=config.event_from_delay)
     rt.events.generation = rt.cache.generation
     rt.cache.listeners.append(rt.events.notify_threadsafe)
     app = create_app(rt)
@@ -127,5 +144,8 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
             job.cancel()
         for runner in runners:
             await runner.cleanup()
+        if rt.domains is not None:
+            rt.domains.stop()
+        embedded.stop_simulator(rt.extra.get("simulator"))
         rt.executor.shutdown(wait=False)
         rt.db.close()

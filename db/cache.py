@@ -75,7 +75,7 @@ class ObjectCache:
         self.journal_floor = 0
         self.generation = 0
         self.lock = threading.RLock()
-        # Called (from the writing thread) after each apply with the new generation.
+        # Called (from the writing thread) after each apply with the generation and changes.
         self.listeners: list = []
         self._outgoing: dict[str, list[Relation]] = {}
         self.links: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
@@ -172,7 +172,7 @@ class ObjectCache:
                 self.journal.clear()
                 self.journal_floor = self.generation
         for listener in self.listeners:
-            listener(generation)
+            listener(generation, changes)
 
     def changes_since(self, since: int) -> list[tuple[int, str, str, str, int]] | None:
         """Journal entries after generation ``since`` in order; None if some were forgotten."""

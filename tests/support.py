@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,8 +128,31 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.stop_simulator()
         if not keep_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def stop_simulator(self) -> None:
+        """The xenopsd simulator outlives a killed server by design; tests clean it up."""
+        pid_file = os.path.join(self.state_dir, "xenopsd-sim.pid")
+        try:
+            pid = int(open(pid_file).read().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:

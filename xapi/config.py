@@ -45,6 +45,12 @@ class Config(BaseModel):
     event_next_delay: float = 0.2
     heartbeat_interval: float = 60.0
 
+    xenopsd_queues: str = "org.xen.xapi.xenops.simulator"  # comma-separated; the first is the default
+    xenopsd_socket_dir: str | None = None  # default: <state_dir>/xenopsd
+    xenopsd_encoding: str = "json"  # "xmlrpc" for a real xenopsd run with --use-switch=false
+    xenopsd_simulator: bool = True  # start the project's simulator for the .simulator queue
+    xenopsd_simulator_args: str = ""  # extra command-line flags for it (delays, failures)
+
     max_rpc_size: int = 300 * 1024
     log_level: str = "INFO"
 
@@ -69,6 +75,14 @@ class Config(BaseModel):
         if self.db_url:
             return self.db_url
         return "sqlite:///" + os.path.join(os.path.abspath(self.state_dir), "xapi.db")
+
+    @property
+    def xenopsd_queue_list(self) -> list[str]:
+        return [q.strip() for q in self.xenopsd_queues.split(",") if q.strip()]
+
+    @property
+    def xenopsd_sockets(self) -> str:
+        return self.xenopsd_socket_dir or os.path.join(self.state_dir, "xenopsd")
 
     @property
     def socket_path(self) -> str | None:

@@ -28,6 +28,7 @@ class Runtime:
     pool_ref: str = NULL_REF
     process_id: str = ""  # "<host uuid>/<pid>/<start>": owner of the tasks this process runs
     events: Any = None  # xapi.events.EventHub, once the event loop runs
+    domains: Any = None  # xapi.domains.service.Domains, when xenopsd is configured
     extra: dict[str, Any] = field(default_factory=dict)  # per-process state of impl modules
 
     @property
@@ -50,8 +51,10 @@ class Context:
     method: str = ""
     task: str | None = None  # the task this call runs under, if any
     headers: Mapping[str, str] = field(default_factory=dict)  # case-insensitive from aiohttp
-    # Wire form of a whole record in this call's format (set by the API layer).
+    # Wire forms in this call's format (set by the API layer): a whole record,
+    # and any value, returned as an already encoded fragment.
     encode_record: Callable[[str, Any], Any] | None = None
+    encode_value: Callable[[Any], Any] | None = None
 
     def check_cancelled(self) -> None:
         """Long operations call this between steps: raises TASK_CANCELLED when asked to stop."""

@@ -60,12 +60,19 @@ class Subscription:
         return self.all_classes <= {"task"}
 
 
+def _evented(model: Model, cache: ObjectCache) -> dict[str, str]:
+    found = getattr(cache, "_evented", None)
+    if found is None:
+        found = cache._evented = {c.lower(): c for c in model.event_classes if c in cache.classes}
+    return found
+
+
 def parse_subscriptions(model: Model, cache: ObjectCache, specs: list[str]) -> Subscription:
     """``*``, ``<class>`` or ``<class>/<ref>``; class names are case-insensitive.
 
     Unknown class names subscribe to nothing, as in xapi.
     """
-    evented = {c.lower(): c for c in model.event_classes if c in cache.classes}
+    evented = _evented(model, cache)
     classes: set[str] = set()
     objects: set[tuple[str, str]] = set()
     for spec in specs:
@@ -132,45 +139,85 @@ def _scan(cache: ObjectCache, sub: Subscription, since: int) -> list[Event]:
     return events
 
 
+class _Waiter:
+    __slots__ = ("future", "classes", "session", "delayed")
+
+    def __init__(self, future, classes, session, delayed):
+        self.future = future
+        self.classes = classes  # the classes it waits for
+        self.session = session  # its session: a logout wakes it whatever changed
+        self.delayed = delayed  # woken after the batching window rather than at once
+
+
 class EventHub:
-    """Wakes coroutines waiting for the generation to move past a value."""
+    """Wakes coroutines waiting for changes to the classes they watch.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    The cache calls ``notify_threadsafe`` after each apply, from the writing
+    thread.  Only waiters whose classes changed are woken, and those that
+    batch are woken together once the batching window (``delay``) has passed
+    since the first change of a burst — one timer for all of them, instead of
+    a sleep in each.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0):
         self.loop = loop
+        self.delay = delay
         self.generation = 0
-        self._waiters: set[asyncio.Future] = set()
+        self._waiters: set[_Waiter] = set()
+        self._batch: list[_Waiter] = []
+        self._timer: asyncio.TimerHandle | None = None
 
-    def notify_threadsafe(self, generation: int) -> None:
-        """Called by the cache after each apply, from whichever thread wrote."""
+    def notify_threadsafe(self, generation: int, changes=()) -> None:
+        classes = {ch.cls for ch in changes}
+        gone = {ch.ref for ch in changes if ch.cls == "session" and ch.op == "del"}
         try:
-            self.loop.call_soon_threadsafe(self._notify, generation)
+            self.loop.call_soon_threadsafe(self._notify, generation, classes, gone)
         except RuntimeError:  # the loop is closed: the server is stopping
             pass
 
-    def _notify(self, generation: int) -> None:
+    def _notify(self, generation: int, classes: set[str], gone_sessions: set[str]) -> None:
         if generation > self.generation:
             self.generation = generation
-        waiters, self._waiters = self._waiters, set()
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        for waiter in list(self._waiters):
+            logged_out = waiter.session in gone_sessions
+            if not logged_out and not (waiter.classes & classes):
+                continue
+            self._waiters.discard(waiter)
+            if waiter.delayed and not logged_out and self.delay > 0:
+                self._batch.append(waiter)
+            else:
+                _wake(waiter.future, True)
+        if self._batch and self._timer is None:
+            self._timer = self.loop.call_later(self.delay, self._flush)
 
-    async def wait(self, after: int, timeout: float) -> bool:
-        """Wait until the generation exceeds ``after``; False on timeout."""
+    def _flush(self) -> None:
+        self._timer = None
+        batch, self._batch = self._batch, []
+        for waiter in batch:
+            _wake(waiter.future, True)
+
+    async def wait(self, after: int, timeout: float, classes: frozenset[str] | set[str],
+                   session: str | None = None, delayed: bool = True) -> bool:
+        """Wait until a change to ``classes`` after generation ``after``; False on timeout."""
         if self.generation > after:
-            return True
+            return True  # something happened meanwhile: let the caller look
         if timeout <= 0:
             return False
-        fut = self.loop.create_future()
-        self._waiters.add(fut)
+        future = self.loop.create_future()
+        waiter = _Waiter(future, frozenset(classes), session, delayed)
+        self._waiters.add(waiter)
+        timer = self.loop.call_later(timeout, _wake, future, False)
         try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            return await future
         finally:
-            self._waiters.discard(fut)
+            timer.cancel()
+            self._waiters.discard(waiter)
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+
+def _wake(future: asyncio.Future, value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

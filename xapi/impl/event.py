@@ -51,15 +51,31 @@ async def _wait_for_events(ctx: Context, sub: Subscription, since: int, timeout:
     rt = ctx.rt
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(timeout, 0.0)
-    delay = 0.0 if sub.tasks_only else rt.config.event_from_delay
+    classes = sub.all_classes
     while True:
         _session_alive(ctx)
         events, generation = collect(rt.cache, sub, since)
         if events or loop.time() >= deadline:
             return events, generation
-        woke = await rt.events.wait(generation, deadline - loop.time())
-        if woke and delay:
-            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))  # batch bursts
+        since = generation  # nothing for us up to here: never look at it again
+        await rt.events.wait(generation, deadline - loop.time(), classes,
+                             session=ctx.session, delayed=not sub.tasks_only)
+
+
+def _batch(ctx: Context, sub: Subscription, events: list[Event], generation: int):
+    """The encoded event.from reply; shared by every waiter that would get the same one."""
+    key = (sub, tuple((e.generation, e.cls, e.ref, e.op) for e in events), generation, ctx.fmt)
+    memo: dict = ctx.rt.extra.setdefault("event_batches", {})
+    reply = memo.get(key)
+    if reply is None:
+        records = [r for r in (_event_record(ctx, ev, "0.0") for ev in events) if r is not None]
+        counts = {cls.lower(): I4(ctx.rt.cache.count(cls)) for cls in sorted(sub.all_classes)}
+        reply = ctx.encode_value({"events": records, "valid_ref_counts": counts,
+                                  "token": format_token(generation)})
+        if len(memo) >= 256:
+            memo.clear()
+        memo[key] = reply
+    return reply
 
 
 @implements("event.from", mode="async")
@@ -68,9 +84,7 @@ async def event_from(ctx: Context, classes: list[str], token: str, timeout: floa
     sub = parse_subscriptions(rt.model, rt.cache, classes)
     since = parse_token(token)
     events, generation = await _wait_for_events(ctx, sub, since, timeout)
-    records = [r for r in (_event_record(ctx, ev, "0.0") for ev in events) if r is not None]
-    counts = {cls.lower(): I4(rt.cache.count(cls)) for cls in sorted(sub.all_classes)}
-    return {"events": records, "valid_ref_counts": counts, "token": format_token(generation)}
+    return _batch(ctx, sub, events, generation)
 
 
 @implements("event.inject")
