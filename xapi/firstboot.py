@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from xapi import operations, templates
 from xapi.context import Runtime, now
 from xapi.idl.types import NULL_REF
 from xapi.refs import make_ref, make_uuid
@@ -141,7 +142,10 @@ def run(rt: Runtime) -> None:
         if not tx.refs_where("network", bridge="xenapi"):
             _create_internal_network(tx)
         _ensure_roles(tx)
+        new_vms = templates.ensure(tx) + ([] if dom0s else [dom0])
     rt.host_ref, rt.pool_ref = host_ref, pool_ref
+    for vm in new_vms:
+        operations.refresh_allowed(rt, "VM", vm)
 
 
 def _boot_time() -> float:

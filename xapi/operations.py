@@ -39,7 +39,8 @@ def run_operation(ctx: Context, cls: str, ref: str, op: str, fn: Callable[[], An
     if ctx.task is None:
         own_task = tasks.create(rt, ctx.method or f"{cls}.{op}", session=ctx.session or "",
                                 owner=rt.process_id)
-    task = ctx.task or own_task
+        ctx.task = own_task  # backends bind their work to it (progress, cancel)
+    task = ctx.task
     try:
         mark(rt, cls, ref, op, task)
         try:
@@ -49,6 +50,7 @@ def run_operation(ctx: Context, cls: str, ref: str, op: str, fn: Callable[[], An
             unmark(rt, cls, ref, task)
     finally:
         if own_task is not None:
+            ctx.task = None
             with rt.db.write() as tx:
                 tx.delete("task", own_task)
                 tx.forget_task_owners([own_task])
@@ -57,7 +59,7 @@ def run_operation(ctx: Context, cls: str, ref: str, op: str, fn: Callable[[], An
 def mark(rt: Runtime, cls: str, ref: str, op: str, task: str) -> None:
     policy = policy_for(rt.model, cls)
     with rt.db.write() as tx:
-        values = tx.must_get(cls, ref, for_update=True)
+        values = policy.with_context(tx, tx.must_get(cls, ref, for_update=True))
         policy.check(ref, values, op)
         current = {**values["current_operations"], task: op}
         values = {**values, "current_operations": current}
@@ -73,6 +75,7 @@ def unmark(rt: Runtime, cls: str, ref: str, task: str) -> None:
         values = tx.get(cls, ref, for_update=True)
         if values is None:
             return  # the operation destroyed its object
+        values = policy.with_context(tx, values)
         current = {k: v for k, v in values["current_operations"].items() if k != task}
         values = {**values, "current_operations": current}
         tx.update(cls, ref, {
@@ -87,7 +90,16 @@ def refresh_allowed(rt: Runtime, cls: str, ref: str) -> None:
     with rt.db.write() as tx:
         values = tx.get(cls, ref, for_update=True)
         if values is not None:
+            values = policy.with_context(tx, values)
             tx.update(cls, ref, {"allowed_operations": policy.allowed(ref, values)})
+
+
+def refresh_vm_and_devices(rt: Runtime, vm_ref: str) -> None:
+    """After a VM's power state changed: its rules and its devices' rules both moved."""
+    refresh_allowed(rt, "VM", vm_ref)
+    for cls, field in (("VBD", "VBDs"), ("VIF", "VIFs")):
+        for ref in rt.cache.derived("VM", field, vm_ref):
+            refresh_allowed(rt, cls, ref)
 
 
 def clear_stale(rt: Runtime) -> int:
@@ -107,6 +119,7 @@ def clear_stale(rt: Runtime) -> int:
                 values = tx.get(cls, row.ref, for_update=True)
                 if values is None:
                     continue
+                values = policy.with_context(tx, values)
                 kept = {k: v for k, v in values["current_operations"].items() if k not in stale}
                 values = {**values, "current_operations": kept}
                 tx.update(cls, row.ref, {

@@ -1,0 +1,3 @@
+from xapi.backends.xenops.simulator import main
+
+main()

@@ -1,0 +1,177 @@
+"""The server's side of xenopsd: queues, task binding and barriers.
+
+One ``Domains`` object per server process holds a client per xenopsd queue
+(``xenopsd_queues``), the binding of xenopsd tasks to XenAPI tasks, and the
+barriers through which a caller waits until the queue's event watcher has
+written xenopsd's state back to the database.
+
+A VM's queue is ``other_config:xenops`` when it names a configured queue,
+else the default queue — xapi's ``queue_of_vm``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any
+
+from xapi import tasks
+from xapi.backends.xenops import protocol as P
+from xapi.backends.xenops.client import XenopsClient, XenopsError
+from xapi.context import Context, Runtime
+from xapi.errors import ApiError
+
+from .errors import to_api_error
+
+log = logging.getLogger("xapi.domains")
+
+
+class Domains:
+    def __init__(self, rt: Runtime, queues: list[str], socket_dir: str, encoding: str = "json"):
+        if not queues:
+            raise ValueError("at least one xenopsd queue is needed")
+        self.rt = rt
+        self.queues = list(queues)
+        self.default_queue = self.queues[0]
+        self.clients = {q: XenopsClient(socket_dir, q, encoding=encoding) for q in self.queues}
+        self._bound: dict[tuple[str, str], str] = {}  # (queue, xenops task) → XenAPI task
+        self._finished: dict[tuple[str, str], threading.Event] = {}
+        self._barriers: dict[tuple[str, int], threading.Event] = {}
+        self._barrier_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.watchers: list = []
+
+    # -- queues ----------------------------------------------------------------------
+
+    def queue_of(self, vm_values: dict[str, Any]) -> str:
+        wanted = (vm_values.get("other_config") or {}).get("xenops")
+        return wanted if wanted in self.clients else self.default_queue
+
+    def client_of(self, vm_values: dict[str, Any]) -> XenopsClient:
+        return self.clients[self.queue_of(vm_values)]
+
+    # -- errors ----------------------------------------------------------------------
+
+    def api_error(self, error: XenopsError, vm_ref: str, queue: str) -> ApiError:
+        cache = self.rt.cache
+        return to_api_error(
+            error, vm_ref,
+            vm_of_uuid=lambda uuid: cache.ref_by_uuid("VM", uuid) or "OpaqueRef:NULL",
+            task_of=lambda tid: self._bound.get((queue, tid), "OpaqueRef:NULL"),
+        )
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def run_task(self, ctx: Context, queue: str, task_id: str, vm_ref: str,
+                 cancellable: bool = True) -> Any:
+        """Wait for a xenopsd task bound to the caller's XenAPI task; its result or the mapped error.
+
+        Progress is mirrored by the event watcher; cancelling the XenAPI task
+        cancels the xenopsd task.  The xenopsd task is destroyed at the end.
+        """
+        client = self.clients[queue]
+        key = (queue, task_id)
+        done = threading.Event()
+        with self._lock:
+            self._finished[key] = done
+            if ctx.task:
+                self._bound[key] = ctx.task
+        if ctx.task and cancellable:
+            tasks.on_cancel(self.rt, ctx.task, lambda: self._cancel(client, task_id))
+        try:
+            while True:
+                done.wait(1.0)  # the watcher signals; the poll covers a lost event
+                task = client.task_stat(task_id)
+                status = P.task_status(task)
+                if status == P.COMPLETED:
+                    return P.task_result(task)
+                if status == P.FAILED:
+                    raise self.api_error(XenopsError(*P.task_error(task)), vm_ref, queue)
+                done.clear()
+        finally:
+            with self._lock:
+                self._finished.pop(key, None)
+                self._bound.pop(key, None)
+            try:
+                client.task_destroy(task_id)
+            except Exception:
+                log.debug("could not destroy xenopsd task %s", task_id, exc_info=True)
+
+    def _cancel(self, client: XenopsClient, task_id: str) -> None:
+        try:
+            client.task_cancel(task_id)
+        except XenopsError:
+            pass
+
+    def task_event(self, queue: str, task_id: str, task: dict) -> None:
+        """The watcher saw a task change: mirror progress, wake the waiter when it ends."""
+        key = (queue, task_id)
+        status = P.task_status(task)
+        xapi_task = self._bound.get(key)
+        if status == P.PENDING and xapi_task:
+            tasks.set_progress(self.rt, xapi_task, P.task_progress(task))
+        elif status in (P.COMPLETED, P.FAILED):
+            done = self._finished.get(key)
+            if done is not None:
+                done.set()
+
+    def bound_task(self, queue: str, task_id: str) -> str | None:
+        return self._bound.get((queue, task_id))
+
+    # -- barriers --------------------------------------------------------------------
+
+    def sync(self, queue: str, vm_uuid: str, timeout: float = 30.0) -> None:
+        """Return once the watcher has processed everything xenopsd knew about the VM.
+
+        xapi's ``Events_from_xenopsd.wait``: inject a barrier, wait for the
+        watcher to reach it.  Falls back to returning after ``timeout``.
+        """
+        client = self.clients[queue]
+        barrier = next(self._barrier_ids)
+        reached = threading.Event()
+        with self._lock:
+            self._barriers[(queue, barrier)] = reached
+        try:
+            client.updates_inject_barrier(vm_uuid, barrier)
+            if not reached.wait(timeout):
+                log.warning("barrier %d on %s not reached in %.0f s", barrier, queue, timeout)
+        finally:
+            with self._lock:
+                self._barriers.pop((queue, barrier), None)
+
+    def refresh(self, queue: str, vm_uuid: str) -> None:
+        """Have xenopsd re-announce the VM and its devices, then wait for the write-back."""
+        self.clients[queue].updates_refresh_vm(vm_uuid)
+        self.sync(queue, vm_uuid)
+
+    def barrier_reached(self, queue: str, barrier: int) -> bool:
+        event = self._barriers.get((queue, barrier))
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    # -- lifecycle of the service ------------------------------------------------------
+
+    def start_watchers(self) -> None:
+        from .watcher import QueueWatcher
+
+        for queue in self.queues:
+            watcher = QueueWatcher(self, queue)
+            self.watchers.append(watcher)
+            watcher.start()
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

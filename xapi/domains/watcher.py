@@ -1,0 +1,290 @@
+"""One event watcher per xenopsd queue: xenopsd's state written back to the database.
+
+The loop of xapi's ``events_from_xenopsd``: ``UPDATES.get`` (blocking, with
+a timeout so the thread can stop), then for every barrier its objects and a
+wake-up for whoever injected it, then the plain updates, each object once
+per round.  A VM update writes ``power_state``, ``domid``, ``resident_on``
+and the VM_metrics; on Halted the devices are detached, ``resident_on`` is
+cleared, ``domid`` is -1 and xenopsd forgets the VM.  VBD and VIF updates
+write ``currently_attached``; task updates mirror progress.
+
+When xenopsd cannot be reached the watcher waits for it, and on its return
+(or at start) resynchronises: xapi's ``resync_resident_on`` followed by a
+refresh of every VM, so nothing that happened meanwhile is missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from xapi import operations
+from xapi.backends.xenops.client import XenopsError, XenopsUnavailable
+from xapi.context import now
+from xapi.idl.types import NULL_REF
+from xapi.refs import make_ref, make_uuid
+
+from .metadata import linux_device
+
+log = logging.getLogger("xapi.domains.watcher")
+
+POWER_STATES = {"Running": "Running", "Halted": "Halted", "Suspended": "Suspended", "Paused": "Paused"}
+
+
+class QueueWatcher:
+    def __init__(self, domains, queue: str):
+        self.domains = domains
+        self.rt = domains.rt
+        self.queue = queue
+        self.client = domains.clients[queue]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"xenops-watch-{queue}", daemon=True)
+        self.resynced = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        last: int | None = None
+        fresh = True
+        while not self._stop.is_set():
+            try:
+                if fresh:
+                    last = self.client.updates_last_id()
+                    self.resync()
+                    fresh = False
+                    self.resynced.set()
+                barriers, updates, next_id = self.client.updates_get(last, 5)
+                seen: set = set()
+                for barrier, ids in barriers:
+                    for dyn in ids:
+                        self._process(dyn, seen)
+                    self.domains.barrier_reached(self.queue, barrier)
+                    self.client.updates_remove_barrier(barrier)
+                for dyn in updates:
+                    self._process(dyn, seen)
+                last = next_id
+            except XenopsUnavailable:
+                if not fresh:
+                    log.warning("xenopsd queue %s is unreachable; waiting for it", self.queue)
+                fresh = True
+                self.resynced.clear()
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("event watcher of %s failed; restarting from a resync", self.queue)
+                fresh = True
+                self._stop.wait(1.0)
+
+    def _process(self, dyn: Any, seen: set) -> None:
+        kind, ident = dyn[0], dyn[1]
+        key = (kind, repr(ident))
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            if kind == "Vm":
+                self.update_vm(ident)
+            elif kind == "Vbd":
+                self.update_vbd(ident[0], ident[1])
+            elif kind == "Vif":
+                self.update_vif(ident[0], ident[1])
+            elif kind == "Task":
+                self.update_task(ident)
+        except XenopsUnavailable:
+            raise
+        except Exception:
+            log.exception("could not apply xenopsd update %r", dyn)
+
+    # -- VMs -------------------------------------------------------------------------
+
+    def _local_vm(self, uuid: str) -> tuple[str, dict] | None:
+        ref = self.rt.cache.ref_by_uuid("VM", uuid)
+        if ref is None:
+            return None
+        values = self.rt.cache.get("VM", ref).values
+        here = self.rt.host_ref
+        if here not in (values["resident_on"], values["scheduled_to_be_resident_on"]):
+            return None  # not ours to write (xapi ignores VMs resident elsewhere)
+        if self.domains.queue_of(values) != self.queue:
+            return None
+        return ref, values
+
+    def update_vm(self, uuid: str) -> None:
+        found = self._local_vm(uuid)
+        if found is None:
+            return
+        ref, _ = found
+        try:
+            _, state = self.client.vm_stat(uuid)
+        except XenopsError:
+            state = {"power_state": "Halted", "domids": []}
+        self.write_vm_state(ref, state)
+
+    def write_vm_state(self, ref: str, state: dict) -> None:
+        rt = self.rt
+        power = POWER_STATES.get(state.get("power_state"), "Halted")
+        domids = state.get("domids") or []
+        halted = power == "Halted"
+        with rt.db.write() as tx:
+            vm = tx.get("VM", ref, for_update=True)
+            if vm is None:
+                return
+            changes: dict[str, Any] = {"power_state": power, "domid": domids[0] if domids else -1}
+            if halted:
+                changes.update(resident_on=NULL_REF, scheduled_to_be_resident_on=NULL_REF,
+                               requires_reboot=False)
+                for cls in ("VBD", "VIF"):
+                    for dev in tx.refs_where(cls, VM=ref, currently_attached=True):
+                        tx.update(cls, dev, {"currently_attached": False})
+            elif vm["resident_on"] == NULL_REF:
+                changes["resident_on"] = rt.host_ref
+            tx.update("VM", ref, {k: v for k, v in changes.items() if vm.get(k) != v})
+            self._write_metrics(tx, ref, vm, state, power)
+            if power == "Running" and vm["guest_metrics"] == NULL_REF:
+                guest = make_ref()
+                tx.insert("VM_guest_metrics", guest, {"uuid": make_uuid(), "last_updated": now()})
+                tx.update("VM", ref, {"guest_metrics": guest})
+        if vm["power_state"] != power:
+            operations.refresh_vm_and_devices(rt, ref)
+        if halted and vm["power_state"] != "Halted":
+            try:
+                self.client.vm_remove(vm["uuid"])  # xenopsd forgets a halted VM's metadata
+            except XenopsError:
+                pass
+
+    def _write_metrics(self, tx, ref: str, vm: dict, state: dict, power: str) -> None:
+        metrics = vm["metrics"]
+        if metrics == NULL_REF or not tx.exists("VM_metrics", metrics):
+            return
+        changes: dict[str, Any] = {"last_updated": now()}
+        if power != "Halted":
+            changes["VCPUs_number"] = int(state.get("vcpu_target", vm["VCPUs_at_startup"]))
+            changes["memory_actual"] = int(state.get("memory_actual", vm["memory_target"]) or vm["memory_target"])
+            start = state.get("last_start_time")
+            if start:
+                from datetime import datetime, timezone
+
+                changes["start_time"] = datetime.fromtimestamp(float(start), timezone.utc).replace(microsecond=0)
+            domain_type = {"Domain_HVM": "hvm", "Domain_PV": "pv", "Domain_PVH": "pvh",
+                           "Domain_PVinPVH": "pv_in_pvh"}.get(state.get("domain_type"))
+            if domain_type:
+                changes["current_domain_type"] = domain_type
+            changes["hvm"] = bool(state.get("hvm", False))
+        tx.update("VM_metrics", metrics, changes)
+
+    # -- devices ---------------------------------------------------------------------
+
+    def _device(self, cls: str, vm_uuid: str, device: str) -> str | None:
+        found = self._local_vm(vm_uuid)
+        if found is None:
+            return None
+        vm_ref, _ = found
+        for ref in self.rt.cache.derived("VM", f"{cls}s", vm_ref):
+            row = self.rt.cache.get(cls, ref)
+            if row is None:
+                continue
+            values = row.values
+            if cls == "VBD" and device in (linux_device(values["userdevice"]), values["device"]):
+                return ref
+            if cls == "VIF" and values["device"] == device:
+                return ref
+        return None
+
+    def update_vbd(self, vm_uuid: str, device: str) -> None:
+        ref = self._device("VBD", vm_uuid, device)
+        if ref is None:
+            return
+        try:
+            _, state = self.client.vbd_stat([vm_uuid, device])
+            attached = bool(state.get("plugged") or state.get("active"))
+        except XenopsError:
+            state, attached = {}, False
+        with self.rt.db.write() as tx:
+            changes: dict[str, Any] = {"currently_attached": attached}
+            if attached:
+                changes["device"] = device
+            tx.update("VBD", ref, changes)
+        if not attached and state:
+            try:
+                self.client.vbd_remove([vm_uuid, device])
+            except XenopsError:
+                pass
+
+    def update_vif(self, vm_uuid: str, device: str) -> None:
+        ref = self._device("VIF", vm_uuid, device)
+        if ref is None:
+            return
+        try:
+            _, state = self.client.vif_stat([vm_uuid, device])
+            attached = bool(state.get("plugged") or state.get("active"))
+        except XenopsError:
+            state, attached = {}, False
+        with self.rt.db.write() as tx:
+            tx.update("VIF", ref, {"currently_attached": attached})
+        if not attached and state:
+            try:
+                self.client.vif_remove([vm_uuid, device])
+            except XenopsError:
+                pass
+
+    def update_task(self, task_id: str) -> None:
+        if self.domains.bound_task(self.queue, task_id) is None and not self.domains._finished.get(
+                (self.queue, task_id)):
+            return
+        try:
+            task = self.client.task_stat(task_id)
+        except XenopsError:
+            return
+        self.domains.task_event(self.queue, task_id, task)
+
+    # -- resync ----------------------------------------------------------------------
+
+    def resync(self) -> None:
+        """xapi's resync_resident_on, then a refresh of every VM that lives here."""
+        rt = self.rt
+        cache = rt.cache
+        known = {vm_t["id"]: state for vm_t, state in self.client.vm_list()}
+        here = rt.host_ref
+        for uuid, state in known.items():
+            ref = cache.ref_by_uuid("VM", uuid)
+            values = cache.get("VM", ref).values if ref else None
+            if values is None or values["resident_on"] not in (here, NULL_REF) \
+                    or self.domains.queue_of(values) != self.queue:
+                self._destroy_unknown(uuid, state)
+                continue
+            if values["power_state"] == "Halted" and state.get("power_state") == "Paused":
+                # A start interrupted before its unpause: finish it cleanly as halted.
+                self._destroy_unknown(uuid, state)
+                self.write_vm_state(ref, {"power_state": "Halted"})
+                continue
+            if values["resident_on"] == NULL_REF:
+                with rt.db.write() as tx:
+                    tx.update("VM", ref, {"resident_on": here})
+            self.client.updates_refresh_vm(uuid)
+        for row in cache.rows("VM"):
+            values = row.values
+            if values["resident_on"] != here and values["scheduled_to_be_resident_on"] != here:
+                continue
+            if values["is_control_domain"] or self.domains.queue_of(values) != self.queue:
+                continue
+            if values["uuid"] not in known and values["power_state"] != "Halted":
+                self.write_vm_state(row.ref, {"power_state": "Halted"})
+            elif values["uuid"] not in known and values["scheduled_to_be_resident_on"] != NULL_REF:
+                with rt.db.write() as tx:
+                    tx.update("VM", row.ref, {"scheduled_to_be_resident_on": NULL_REF})
+
+    def _destroy_unknown(self, uuid: str, state: dict) -> None:
+        try:
+            if state.get("power_state") != "Halted":
+                task = self.client.vm_shutdown(uuid, None)
+                self.client.wait_task(task, 60)
+                self.client.task_destroy(task)
+            self.client.vm_remove(uuid)
+        except XenopsError:
+            log.warning("could not clean up unknown domain %s", uuid, exc_info=True)

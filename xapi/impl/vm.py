@@ -1,0 +1,134 @@
+"""VM.*: lifecycle through xenopsd, each under xapi's operation rules."""
+
+from __future__ import annotations
+
+from xapi import operations
+from xapi.context import Context
+from xapi.domains import copies, lifecycle
+from xapi.errors import ApiError
+
+from . import implements
+
+
+def _op(ctx: Context, vm: str, op: str, fn, *args):
+    return operations.run_operation(ctx, "VM", vm, op, lambda: fn(ctx, vm, *args))
+
+
+@implements("VM.start")
+def start(ctx: Context, vm: str, start_paused: bool, force: bool):
+    _op(ctx, vm, "start", lifecycle.start, start_paused, force)
+    return ""
+
+
+@implements("VM.start_on")
+def start_on(ctx: Context, vm: str, host: str, start_paused: bool, force: bool):
+    if ctx.rt.cache.get("host", host) is None:
+        raise ApiError("HANDLE_INVALID", "host", host)
+    _op(ctx, vm, "start_on", lambda c, v: lifecycle.start(c, v, start_paused, force, host))
+    return ""
+
+
+@implements("VM.clean_shutdown")
+def clean_shutdown(ctx: Context, vm: str):
+    _op(ctx, vm, "clean_shutdown", lifecycle.clean_shutdown)
+    return ""
+
+
+@implements("VM.hard_shutdown")
+def hard_shutdown(ctx: Context, vm: str):
+    _op(ctx, vm, "hard_shutdown", lifecycle.hard_shutdown)
+    return ""
+
+
+@implements("VM.clean_reboot")
+def clean_reboot(ctx: Context, vm: str):
+    _op(ctx, vm, "clean_reboot", lifecycle.clean_reboot)
+    return ""
+
+
+@implements("VM.hard_reboot")
+def hard_reboot(ctx: Context, vm: str):
+    _op(ctx, vm, "hard_reboot", lifecycle.hard_reboot)
+    return ""
+
+
+@implements("VM.suspend")
+def suspend(ctx: Context, vm: str):
+    _op(ctx, vm, "suspend", lifecycle.suspend)
+    return ""
+
+
+@implements("VM.resume")
+def resume(ctx: Context, vm: str, start_paused: bool, force: bool):
+    _op(ctx, vm, "resume", lifecycle.resume, start_paused, force)
+    return ""
+
+
+@implements("VM.resume_on")
+def resume_on(ctx: Context, vm: str, host: str, start_paused: bool, force: bool):
+    if host != ctx.rt.host_ref:
+        raise ApiError("NOT_IMPLEMENTED", "VM.resume_on another host")
+    _op(ctx, vm, "resume_on", lifecycle.resume, start_paused, force)
+    return ""
+
+
+@implements("VM.pause")
+def pause(ctx: Context, vm: str):
+    _op(ctx, vm, "pause", lifecycle.pause)
+    return ""
+
+
+@implements("VM.unpause")
+def unpause(ctx: Context, vm: str):
+    _op(ctx, vm, "unpause", lifecycle.unpause)
+    return ""
+
+
+@implements("VM.pool_migrate")
+def pool_migrate(ctx: Context, vm: str, host: str, options: dict):
+    _op(ctx, vm, "pool_migrate", lifecycle.pool_migrate, host, options)
+    return ""
+
+
+@implements("VM.power_state_reset")
+def power_state_reset(ctx: Context, vm: str):
+    _op(ctx, vm, "power_state_reset", copies.power_state_reset)
+    return ""
+
+
+@implements("VM.create")
+def create(ctx: Context, values: dict):
+    return copies.create(ctx, values)
+
+
+@implements("VM.destroy")
+def destroy(ctx: Context, vm: str):
+    _op(ctx, vm, "destroy", copies.destroy)
+    return ""
+
+
+@implements("VM.clone")
+def clone(ctx: Context, vm: str, new_name: str):
+    return _op(ctx, vm, "clone", copies.clone, new_name)
+
+
+@implements("VM.copy")
+def copy(ctx: Context, vm: str, new_name: str, sr: str):
+    return _op(ctx, vm, "copy", copies.copy, new_name, sr)
+
+
+@implements("VM.snapshot")
+def snapshot(ctx: Context, vm: str, new_name: str, ignore_vdis: list):
+    return _op(ctx, vm, "snapshot", copies.snapshot, new_name, ignore_vdis)
+
+
+@implements("VM.revert")
+def revert(ctx: Context, snapshot: str):
+    _op(ctx, snapshot, "revert", copies.revert)
+    return ""
+
+
+@implements("VM.provision")
+def provision(ctx: Context, vm: str):
+    _op(ctx, vm, "provision", copies.provision)
+    return ""
