@@ -61,6 +61,7 @@ def start_domains(rt: Runtime) -> None:
         return
     rt.extra["simulator"] = embedded.ensure_simulator(config)
     rt.domains = Domains(rt, queues, config.xenopsd_sockets, config.xenopsd_encoding)
+    rt.domains.record_host_memory()
     rt.domains.start_watchers()
     for watcher in rt.domains.watchers:  # resynced before the first client is served
         if not watcher.resynced.wait(30):
@@ -95,6 +96,26 @@ async def _gc_loop(rt: Runtime) -> None:
 def _heartbeat(rt: Runtime) -> None:
     with rt.db.write() as tx:
         tx.touch("pool", rt.pool_ref)
+
+
+async def _simulator_keeper(rt: Runtime) -> None:
+    """In the embedded mode the server keeps its xenopsd simulator running, as init keeps xenopsd."""
+    loop = asyncio.get_running_loop()
+    if not embedded.wanted(rt.config):
+        return
+    while True:
+        await asyncio.sleep(2.0)
+        process = rt.extra.get("simulator")
+        if process is not None and process.poll() is None:
+            continue  # ours, and alive
+        if await loop.run_in_executor(rt.executor, embedded.answers, rt.config):
+            continue  # one we did not start (a previous server's) and alive
+        log.warning("the xenopsd simulator is gone; starting it again")
+        try:
+            rt.extra["simulator"] = await loop.run_in_executor(
+                rt.executor, embedded.ensure_simulator, rt.config)
+        except Exception:
+            log.exception("could not restart the xenopsd simulator")
 
 
 async def _heartbeat_loop(rt: Runtime) -> None:
@@ -134,7 +155,8 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         await site.start()
     log.info("xapi listening on %s%s", config.listen,
              f" and {socket_path}" if socket_path else "")
-    background = [asyncio.create_task(_gc_loop(rt)), asyncio.create_task(_heartbeat_loop(rt))]
+    background = [asyncio.create_task(_gc_loop(rt)), asyncio.create_task(_heartbeat_loop(rt)),
+                  asyncio.create_task(_simulator_keeper(rt))]
     if ready is not None:
         ready.set()
     try:

@@ -31,9 +31,17 @@ def _answers(socket_dir: str, queue: str) -> bool:
         return False
 
 
+def wanted(config: Config) -> bool:
+    return config.xenopsd_simulator and SIMULATOR_QUEUE in config.xenopsd_queue_list
+
+
+def answers(config: Config) -> bool:
+    return _answers(config.xenopsd_sockets, SIMULATOR_QUEUE)
+
+
 def ensure_simulator(config: Config) -> subprocess.Popen | None:
     """Start the simulator if this host uses it and it is not running; the process we started."""
-    if not config.xenopsd_simulator or SIMULATOR_QUEUE not in config.xenopsd_queue_list:
+    if not wanted(config):
         return None
     socket_dir = config.xenopsd_sockets
     if _answers(socket_dir, SIMULATOR_QUEUE):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xapi.backends.xenops.client import XenopsError
+from xapi.backends.xenops.client import XenopsError, XenopsUnavailable
 from xapi.context import Context
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
@@ -35,16 +35,25 @@ def _domains(ctx: Context):
     return domains
 
 
+def _unreachable(queue: str) -> ApiError:
+    return ApiError("INTERNAL_ERROR", f"xenopsd queue {queue} is unreachable")
+
+
 def _call(ctx: Context, vm_ref: str, queue: str, fn, *args):
     """A xenopsd call whose errors read as xapi's."""
     try:
         return fn(*args)
     except XenopsError as exc:
         raise _domains(ctx).api_error(exc, vm_ref, queue) from None
+    except XenopsUnavailable:
+        raise _unreachable(queue) from None
 
 
 def _run(ctx: Context, vm_ref: str, queue: str, task_id: str, cancellable: bool = True):
-    return _domains(ctx).run_task(ctx, queue, task_id, vm_ref, cancellable=cancellable)
+    try:
+        return _domains(ctx).run_task(ctx, queue, task_id, vm_ref, cancellable=cancellable)
+    except XenopsUnavailable:
+        raise _unreachable(queue) from None
 
 
 # -- checks before a start ---------------------------------------------------------------

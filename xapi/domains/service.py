@@ -153,6 +153,19 @@ class Domains:
         event.set()
         return True
 
+    def record_host_memory(self) -> None:
+        """host_metrics.memory_total from xenopsd, as xapi's dbsync does at start."""
+        try:
+            total = self.clients[self.default_queue].host_total_memory_mib() * 1024 * 1024
+        except Exception:
+            log.warning("xenopsd did not report the host's memory; keeping the recorded figure")
+            return
+        host = self.rt.cache.get("host", self.rt.host_ref)
+        if host is None:
+            return
+        with self.rt.db.write() as tx:
+            tx.update("host_metrics", host.values["metrics"], {"memory_total": total})
+
     # -- lifecycle of the service ------------------------------------------------------
 
     def start_watchers(self) -> None:

@@ -258,6 +258,12 @@ class QueueWatcher:
                     or self.domains.queue_of(values) != self.queue:
                 self._destroy_unknown(uuid, state)
                 continue
+            if state.get("power_state") == "Halted":
+                # Metadata of a VM that never started (or was stopped): xenopsd forgets it.
+                self._destroy_unknown(uuid, state)
+                if values["power_state"] != "Halted" or values["scheduled_to_be_resident_on"] != NULL_REF:
+                    self.write_vm_state(ref, {"power_state": "Halted"})
+                continue
             if values["power_state"] == "Halted" and state.get("power_state") == "Paused":
                 # A start interrupted before its unpause: finish it cleanly as halted.
                 self._destroy_unknown(uuid, state)
