@@ -1,0 +1,1 @@
+../../lib/file_volume.py

@@ -1,0 +1,1 @@
+../../lib/iso_volume.py
