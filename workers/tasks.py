@@ -45,6 +45,11 @@ def worker_runtime():
             rt.pool_ref = pools[0].ref if pools else rt.pool_ref
             rt.process_id = f"{host_uuid}/worker/{os.getpid()}/{uuid.uuid4().hex[:8]}"
             rt.extra["listener"] = ChangeListener(db, poll_interval=0.5).start(force=True)
+            if cfg.xenopsd_queue_list:
+                from xapi.domains.service import Domains
+
+                rt.domains = Domains(rt, cfg.xenopsd_queue_list, cfg.xenopsd_sockets,
+                                     cfg.xenopsd_encoding, watching=False)
             failed = tasks.fail_orphans(rt, alive={rt.process_id}, kind="worker")
             if failed:
                 log.warning("failed %d tasks left pending by a previous worker", failed)

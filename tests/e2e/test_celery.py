@@ -75,3 +75,20 @@ def test_worker_runs_async_calls_and_wakes_event_from(pool_with_worker):
     assert failed["error_info"] == ["HANDLE_INVALID", "network", "OpaqueRef:missing"]
     x.network.destroy(net)
     assert worker.poll() is None
+
+
+def test_worker_drives_vm_lifecycle(pool_with_worker):
+    from tests.e2e.test_vm_lifecycle import install
+
+    srv, worker = pool_with_worker
+    s = XenAPI.Session(srv.url)
+    s.login_with_password("root", support.ROOT_PASSWORD)
+    x = s.xenapi
+    vm = install(x, "celery-vm")
+    record = _wait_task(x, x.Async.VM.start(vm, False, False))
+    assert record["status"] == "success", record["error_info"]
+    assert x.VM.get_power_state(vm) == "Running" and int(x.VM.get_domid(vm)) > 0
+    record = _wait_task(x, x.Async.VM.clean_shutdown(vm))
+    assert record["status"] == "success", record["error_info"]
+    assert x.VM.get_power_state(vm) == "Halted"
+    x.VM.destroy(vm)

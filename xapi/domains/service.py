@@ -29,7 +29,8 @@ log = logging.getLogger("xapi.domains")
 
 
 class Domains:
-    def __init__(self, rt: Runtime, queues: list[str], socket_dir: str, encoding: str = "json"):
+    def __init__(self, rt: Runtime, queues: list[str], socket_dir: str, encoding: str = "json",
+                 *, watching: bool = True):
         if not queues:
             raise ValueError("at least one xenopsd queue is needed")
         self.rt = rt
@@ -42,6 +43,9 @@ class Domains:
         self._barrier_ids = itertools.count(1)
         self._lock = threading.Lock()
         self.watchers: list = []
+        # False in a worker: the server's watchers write xenopsd's state back, and
+        # this process learns of it through the database's change notifications.
+        self.watching = watching
 
     # -- queues ----------------------------------------------------------------------
 
@@ -129,6 +133,9 @@ class Domains:
         watcher to reach it.  Falls back to returning after ``timeout``.
         """
         client = self.clients[queue]
+        if not self.watching:
+            self._await_write_back(client, vm_uuid, timeout)
+            return
         barrier = next(self._barrier_ids)
         reached = threading.Event()
         with self._lock:
@@ -140,6 +147,25 @@ class Domains:
         finally:
             with self._lock:
                 self._barriers.pop((queue, barrier), None)
+
+    def _await_write_back(self, client: XenopsClient, vm_uuid: str, timeout: float) -> None:
+        """Without a watcher here: wait until the database shows what xenopsd reports."""
+        try:
+            _, state = client.vm_stat(vm_uuid)
+            power = state["power_state"]
+            domid = state["domids"][0] if state["domids"] else -1
+        except XenopsError:
+            power, domid = "Halted", -1
+        cache = self.rt.cache
+
+        def written() -> bool:
+            self.rt.db.catch_up()
+            ref = cache.ref_by_uuid("VM", vm_uuid)
+            row = cache.get("VM", ref) if ref else None
+            return row is None or (row.values["power_state"] == power and row.values["domid"] == domid)
+
+        if not wait_until(written, timeout, interval=0.1):
+            log.warning("VM %s: the database did not show xenopsd's %s in %.0f s", vm_uuid, power, timeout)
 
     def refresh(self, queue: str, vm_uuid: str) -> None:
         """Have xenopsd re-announce the VM and its devices, then wait for the write-back."""
