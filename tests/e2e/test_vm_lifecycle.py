@@ -206,3 +206,53 @@ def test_clone_snapshot_revert_destroy(xenapi, vm):
     x.VM.destroy(snap)
     x.VM.destroy(clone)
     assert failure_of(x.VM.get_record, clone) == ["HANDLE_INVALID", "VM", clone]
+
+
+def test_micro_op_order_follows_xenopsd(server, xenapi, vm):
+    """xapi's VM.start as xenopsd runs it: create, build, devices in order, device model, unpause."""
+    from xapi.backends.xenops.simulator import oplog
+
+    x = xenapi.xenapi
+    add_vif(x, vm, "1")
+    add_vif(x, vm, "0")
+    add_cd(x, vm)
+    x.VM.start(vm, False, False)
+    uuid = x.VM.get_uuid(vm)
+    entries = [e for e in oplog.read(os.path.join(server.state_dir, "xenopsd-sim.log")) if e.vm == uuid]
+    ops = [e.op for e in entries]
+    assert ops.index("VM_create") < ops.index("VM_build") < ops.index("VM_create_device_model")
+    plugs = [e.args[0] for e in entries if e.op == "VIF_plug"]
+    assert plugs == ["0", "1"]  # by device index, not creation order
+    assert ops.index("VM_build") < ops.index("VIF_plug") < ops.index("VM_create_device_model")
+    assert ops[-1] == "VM_unpause" and ops.count("VM_unpause") == 1
+    x.VM.hard_shutdown(vm)
+
+
+def test_progress_and_cancel_reach_xenopsd(db_url):
+    """A slow start: the XenAPI task mirrors xenopsd's progress, and task.cancel stops it."""
+    url = (support.create_pg_database() if "postgresql" in db_url
+           else db_url.replace("xapi.db", "cancel.db"))
+    srv = support.start_server(db_url=url, xenopsd_simulator_args="--delay VM_build=1.5 --delay VIF_plug=1.5")
+    try:
+        s = XenAPI.Session(srv.url)
+        s.login_with_password("root", support.ROOT_PASSWORD)
+        x = s.xenapi
+        vm = install(x, "slow")
+        add_vif(x, vm)
+        task = x.Async.VM.start(vm, False, False)
+        assert wait_for(lambda: 0.0 < float(x.task.get_progress(task)) < 1.0, 10)
+        assert x.task.get_status(task) == "pending"
+        assert x.VM.get_current_operations(vm) == {task: "start"}
+        x.task.cancel(task)
+        assert wait_for(lambda: x.task.get_status(task) != "pending", 20)
+        record = x.task.get_record(task)
+        assert record["status"] == "cancelled"
+        assert record["error_info"] == ["TASK_CANCELLED", task]
+        assert wait_for(lambda: x.VM.get_current_operations(vm) == {}, 10)
+        assert x.VM.get_power_state(vm) == "Halted" and x.VM.get_resident_on(vm) == NULL
+        x.VM.start(vm, False, False)  # and the VM is fine afterwards
+        assert x.VM.get_power_state(vm) == "Running"
+    finally:
+        srv.stop()
+        if "postgresql" in url:
+            support.drop_pg_database(url)

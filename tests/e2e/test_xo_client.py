@@ -87,7 +87,7 @@ def node_client():
 
 
 def probe(node: str, server, transport: str, scenario: str, password: str = support.ROOT_PASSWORD,
-          script: Path = PROBE) -> dict:
+          script: Path = PROBE, extra: dict | None = None) -> dict:
     """Run one scenario of ``script``; return its ``result`` (fails the test on a probe failure)."""
     args = {
         "url": server.url,
@@ -95,6 +95,7 @@ def probe(node: str, server, transport: str, scenario: str, password: str = supp
         "password": password,
         "transport": transport,
         "scenario": scenario,
+        **(extra or {}),
     }
     try:
         done = subprocess.run(

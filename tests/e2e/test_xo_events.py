@@ -528,3 +528,19 @@ def test_tasks_come_and_go_without_refetch(node_client, server, xenapi, transpor
 
     _check_connect_calls(result)
     _assert_logged_out_and_loop_ended(server, result)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_vm_lifecycle_through_call_async(node_client, server, xenapi, transport):
+    from tests.e2e.test_vm_lifecycle import install
+
+    vm = install(xenapi.xenapi, f"xo-{transport}")
+    try:
+        result = probe(node_client, server, transport, "lifecycle", script=EVENTS_PROBE, extra={"vm": vm})
+        assert [state for _, state in result["states"]] == [
+            "Running", "Paused", "Running", "Suspended", "Running", "Running", "Halted"]
+        assert result["wrongState"] == {"code": "VM_BAD_POWER_STATE",
+                                        "params": [vm, "halted", "running"]}
+        assert result["residentOn"] == "OpaqueRef:NULL" and int(result["domid"]) == -1
+    finally:
+        xenapi.xenapi.VM.destroy(vm)

@@ -240,6 +240,38 @@ function brief(object) {
 }
 
 const scenarios = {
+  // the VM lifecycle through callAsync, as Xen Orchestra drives it; args.vm is
+  // a halted VM made by the test. Reports the power state the client's cache
+  // shows after each step, and the error of a call made in the wrong state.
+  async lifecycle(args) {
+    return withClient(args, async xapi => {
+      const vm = args.vm
+      const states = []
+      const step = async (method, ...params) => {
+        await xapi.callAsync(method, vm, ...params)
+        const expected = (await xapi.call('VM.get_power_state', vm))
+        await until(`cache shows ${expected} after ${method}`,
+          () => xapi.getObjectByRef(vm, undefined)?.power_state === expected, xapi)
+        states.push([method, expected])
+      }
+      await step('VM.start', false, false)
+      let wrongState = null
+      try {
+        await xapi.callAsync('VM.start', vm, false, false)
+      } catch (error) {
+        wrongState = { code: error.code, params: error.params }
+      }
+      await step('VM.pause')
+      await step('VM.unpause')
+      await step('VM.suspend')
+      await step('VM.resume', false, false)
+      await step('VM.clean_reboot')
+      await step('VM.clean_shutdown')
+      const record = xapi.getObjectByRef(vm)
+      return { states, wrongState, domid: record.domid, residentOn: record.resident_on }
+    })
+  },
+
   // the object cache after connect
   async cache(args) {
     return withClient(args, async xapi => {
