@@ -18,7 +18,10 @@ from xapi.auth import hash_password
 from xapi.config import Config
 from xapi.context import Runtime
 from xapi.domains import embedded
+from xapi.backends.storage.plugins import PluginRegistry
 from xapi.domains.service import Domains
+from xapi.storage import firstboot as storage_firstboot
+from xapi.storage.service import Storage
 from xapi.events import EventHub
 
 from workers import gc as db_gc
@@ -49,8 +52,16 @@ def open_runtime(config: Config) -> Runtime:
     if cleared:
         log.warning("cleared %d stale current_operations entries", cleared)
     rt.extra["listener"] = ChangeListener(db).start()  # commits of other processes (PostgreSQL)
+    start_storage(rt)
     start_domains(rt)
     return rt
+
+
+def start_storage(rt: Runtime) -> None:
+    """SMAPIv3 plugins: SM records for the installed ones, and first boot's SRs."""
+    rt.storage = Storage(rt, PluginRegistry(rt.config.storage_plugin_dir_list))
+    rt.storage.sync_sm_records()
+    storage_firstboot.run(rt)
 
 
 def start_domains(rt: Runtime) -> None:

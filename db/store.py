@@ -215,6 +215,10 @@ class Transaction:
         table = self.db.tables[cls]
         return self.conn.execute(select(table.c._ref).where(table.c._ref == ref)).first() is not None
 
+    def ref_of(self, cls: str, uuid: str) -> str | None:
+        refs = self.refs_where(cls, uuid=uuid)
+        return refs[0] if refs else None
+
     def refs_where(self, cls: str, **equal: Any) -> list[str]:
         table = self.db.tables[cls]
         query = select(table.c._ref)

@@ -68,6 +68,22 @@ def server(db_url):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def quiet_server():
+    """A server of the module's own, on a fresh database: for tests that need no other activity."""
+    url = None
+    if support.wanted_backend() == "postgresql":
+        problem = support.ensure_postgres()
+        if problem:
+            pytest.skip(f"LOUD SKIP: {problem}")
+        url = support.create_pg_database()
+    srv = support.start_server(db_url=url)
+    yield srv
+    srv.stop()
+    if url:
+        support.drop_pg_database(url)
+
+
 @pytest.fixture
 def xenapi(server):
     import XenAPI

@@ -51,6 +51,10 @@ class Config(BaseModel):
     xenopsd_simulator: bool = True  # start the project's simulator for the .simulator queue
     xenopsd_simulator_args: str = ""  # extra command-line flags for it (delays, failures)
 
+    storage_plugin_dirs: str = ""  # comma-separated, searched first; the built-in plugins come last
+    storage_gc_interval: float = 30.0  # seconds between coalescing passes over the SRs
+    local_storage: bool = True  # first boot makes a file SR (default SR) and an ISO library
+
     max_rpc_size: int = 300 * 1024
     log_level: str = "INFO"
 
@@ -83,6 +87,13 @@ class Config(BaseModel):
     @property
     def xenopsd_sockets(self) -> str:
         return self.xenopsd_socket_dir or os.path.join(self.state_dir, "xenopsd")
+
+    @property
+    def storage_plugin_dir_list(self) -> list[str]:
+        from xapi.backends.storage.plugins import DEFAULT_PLUGIN_DIR
+
+        extra = [d.strip() for d in self.storage_plugin_dirs.split(",") if d.strip()]
+        return [*extra, DEFAULT_PLUGIN_DIR]
 
     @property
     def socket_path(self) -> str | None:

@@ -29,6 +29,7 @@ class Runtime:
     process_id: str = ""  # "<host uuid>/<pid>/<start>": owner of the tasks this process runs
     events: Any = None  # xapi.events.EventHub, once the event loop runs
     domains: Any = None  # xapi.domains.service.Domains, when xenopsd is configured
+    storage: Any = None  # xapi.storage.service.Storage
     extra: dict[str, Any] = field(default_factory=dict)  # per-process state of impl modules
 
     @property

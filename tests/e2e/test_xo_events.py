@@ -46,6 +46,12 @@ MAX_LATENCY = 1.0
 # how long we wait for a change at all (longer, so a slow one is measured and reported)
 WAIT = 5.0
 
+@pytest.fixture(scope="module")
+def server(quiet_server):
+    """These tests watch for the absence of events: no other test may write meanwhile."""
+    return quiet_server
+
+
 CORE_TYPES = {"pool", "host", "VM", "VM_metrics", "host_metrics", "host_cpu", "network", "console", "task", "role"}
 
 

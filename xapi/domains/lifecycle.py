@@ -15,6 +15,8 @@ from xapi.context import Context
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
 
+from xapi.storage import datapath
+
 from . import metadata
 
 # How long a clean shutdown or reboot may take before xenopsd gives up (xapi's default).
@@ -54,6 +56,61 @@ def _run(ctx: Context, vm_ref: str, queue: str, task_id: str, cancellable: bool 
         return _domains(ctx).run_task(ctx, queue, task_id, vm_ref, cancellable=cancellable)
     except XenopsUnavailable:
         raise _unreachable(queue) from None
+
+
+# -- disks ------------------------------------------------------------------------------------
+
+
+def _disk_vbds(ctx: Context, vm_ref: str) -> list[tuple[str, dict[str, Any]]]:
+    cache = ctx.rt.cache
+    out = []
+    for ref in cache.derived("VM", "VBDs", vm_ref):
+        row = cache.get("VBD", ref)
+        if row and not row.values["empty"] and row.values["VDI"] != NULL_REF:
+            out.append((ref, row.values))
+    return out
+
+
+def activate_disk(ctx: Context, vm: dict[str, Any], vbd: dict[str, Any]) -> None:
+    """Attach and activate a VBD's VDI for the VM; remember the path xenopsd will get."""
+    rt = ctx.rt
+    if rt.storage is None:
+        return
+    vdi = rt.cache.get("VDI", vbd["VDI"])
+    read_write = vbd["mode"] == "RW" and not (vdi and vdi.values["read_only"])
+    backend = datapath.activate(rt, vbd["VDI"], vm["uuid"], read_write)
+    path = datapath.local_path(backend)
+    if path:
+        rt.extra.setdefault("disk_paths", {})[(vm["uuid"], vbd["VDI"])] = path
+
+
+def release_disk(ctx: Context, vm_uuid: str, vdi_ref: str) -> None:
+    rt = ctx.rt
+    if rt.storage is None or rt.cache.get("VDI", vdi_ref) is None:
+        return
+    rt.extra.setdefault("disk_paths", {}).pop((vm_uuid, vdi_ref), None)
+    datapath.release(rt, vdi_ref, vm_uuid, quiet=True)
+
+
+def release_disks(ctx: Context, vm_ref: str) -> None:
+    """Deactivate and detach every disk of a VM that stopped running (or is suspended)."""
+    row = ctx.rt.cache.get("VM", vm_ref)
+    if row is None:
+        return
+    for _, vbd in _disk_vbds(ctx, vm_ref):
+        release_disk(ctx, row.values["uuid"], vbd["VDI"])
+
+
+def _activate_disks(ctx: Context, vm_ref: str, vm: dict[str, Any]) -> None:
+    done = []
+    try:
+        for _, vbd in _disk_vbds(ctx, vm_ref):
+            activate_disk(ctx, vm, vbd)
+            done.append(vbd["VDI"])
+    except BaseException:
+        for vdi in done:
+            release_disk(ctx, vm["uuid"], vdi)
+        raise
 
 
 # -- checks before a start ---------------------------------------------------------------
@@ -111,7 +168,8 @@ def start(ctx: Context, vm_ref: str, paused: bool, force: bool, host_ref: str | 
         for vif in tx.refs_where("VIF", VM=vm_ref):
             tx.update("VIF", vif, {"currently_attached": True})
     try:
-        _call(ctx, vm_ref, queue, client.vm_import_metadata, metadata.metadata(rt.cache, vm_ref))
+        _activate_disks(ctx, vm_ref, vm)
+        _call(ctx, vm_ref, queue, client.vm_import_metadata, metadata.metadata(rt.cache, vm_ref, _paths(ctx)))
         started = _call(ctx, vm_ref, queue, client.vm_start, uuid, force)
         unpause = None if paused else _call(ctx, vm_ref, queue, client.vm_unpause, uuid)
         try:
@@ -133,8 +191,13 @@ def start(ctx: Context, vm_ref: str, paused: bool, force: bool, host_ref: str | 
     domains.refresh(queue, uuid)
 
 
+def _paths(ctx: Context) -> dict:
+    return ctx.rt.extra.setdefault("disk_paths", {})
+
+
 def _abandon_start(ctx: Context, vm_ref: str, queue: str, uuid: str) -> None:
     """Leave a VM whose start failed cleanly halted, in xenopsd and in the database."""
+    release_disks(ctx, vm_ref)
     client = _domains(ctx).clients[queue]
     try:
         _, state = client.vm_stat(uuid)
@@ -218,7 +281,8 @@ def resume(ctx: Context, vm_ref: str, paused: bool, force: bool) -> None:
     uuid = vm["uuid"]
     with rt.db.write() as tx:
         tx.update("VM", vm_ref, {"resident_on": rt.host_ref})
-    _call(ctx, vm_ref, queue, client.vm_import_metadata, metadata.metadata(rt.cache, vm_ref))
+    _activate_disks(ctx, vm_ref, vm)
+    _call(ctx, vm_ref, queue, client.vm_import_metadata, metadata.metadata(rt.cache, vm_ref, _paths(ctx)))
     task = _call(ctx, vm_ref, queue, client.vm_resume, uuid, suspend_disk(ctx, vm))
     _run(ctx, vm_ref, queue, task)
     if not paused:
@@ -260,11 +324,16 @@ def vbd_plug(ctx: Context, vbd_ref: str) -> None:
         tx.update("VBD", vbd_ref, {"currently_attached": True})
     vbd = rt.cache.get("VBD", vbd_ref).values
     try:
-        ident = _call(ctx, vm_ref, queue, client.vbd_add, metadata.vbd_t(rt.cache, vm["uuid"], vbd))
+        if not vbd["empty"] and vbd["VDI"] != NULL_REF:
+            activate_disk(ctx, vm, vbd)
+        ident = _call(ctx, vm_ref, queue, client.vbd_add,
+                      metadata.vbd_t(rt.cache, vm["uuid"], vbd, _paths(ctx)))
         _run(ctx, vm_ref, queue, _call(ctx, vm_ref, queue, client.vbd_plug, ident))
     except BaseException:
         with rt.db.write() as tx:
             tx.update("VBD", vbd_ref, {"currently_attached": False})
+        if vbd["VDI"] != NULL_REF:
+            release_disk(ctx, vm["uuid"], vbd["VDI"])
         raise
     domains.sync(queue, vm["uuid"])
 
@@ -285,6 +354,8 @@ def vbd_unplug(ctx: Context, vbd_ref: str, force: bool = False) -> None:
         return
     _run(ctx, vm_ref, queue, task)
     domains.sync(queue, vm["uuid"])
+    if vbd["VDI"] != NULL_REF:
+        release_disk(ctx, vm["uuid"], vbd["VDI"])
 
 
 def vbd_eject(ctx: Context, vbd_ref: str) -> None:

@@ -126,7 +126,9 @@ def disk_of_vdi(cache: ObjectCache, vdi_ref: str) -> Any | None:
     return ["VDI", f"{sr_uuid}/{vdi.values['location']}"]
 
 
-def vbd_t(cache: ObjectCache, vm_uuid: str, vbd: dict[str, Any]) -> dict[str, Any]:
+def vbd_t(cache: ObjectCache, vm_uuid: str, vbd: dict[str, Any],
+          paths: dict | None = None) -> dict[str, Any]:
+    """``paths`` holds what the datapath attached, ``(vm uuid, VDI ref) → path``."""
     out = {
         "id": [vm_uuid, linux_device(vbd["userdevice"])],
         "mode": _VBD_MODE.get(vbd["mode"], "ReadWrite"),
@@ -138,7 +140,8 @@ def vbd_t(cache: ObjectCache, vm_uuid: str, vbd: dict[str, Any]) -> dict[str, An
         "can_attach_early": False,
     }
     if not vbd.get("empty") and vbd.get("VDI", NULL_REF) != NULL_REF:
-        disk = disk_of_vdi(cache, vbd["VDI"])
+        attached = (paths or {}).get((vm_uuid, vbd["VDI"]))
+        disk = ["Local", attached] if attached else disk_of_vdi(cache, vbd["VDI"])
         if disk is not None:
             out["backend"] = disk
             vdi = cache.get("VDI", vbd["VDI"])
@@ -174,7 +177,7 @@ def vif_t(cache: ObjectCache, vm_uuid: str, vif: dict[str, Any]) -> dict[str, An
     }
 
 
-def metadata(cache: ObjectCache, vm_ref: str) -> dict[str, Any]:
+def metadata(cache: ObjectCache, vm_ref: str, paths: dict | None = None) -> dict[str, Any]:
     """``Metadata.t`` for ``VM.import_metadata``: the VM and its attached devices."""
     vm = cache.get("VM", vm_ref).values
     uuid = vm["uuid"]
@@ -182,7 +185,7 @@ def metadata(cache: ObjectCache, vm_ref: str) -> dict[str, Any]:
     vifs = [cache.get("VIF", r) for r in cache.derived("VM", "VIFs", vm_ref)]
     return {
         "vm": vm_t(vm),
-        "vbds": [vbd_t(cache, uuid, r.values) for r in vbds if r and r.values["currently_attached"]],
+        "vbds": [vbd_t(cache, uuid, r.values, paths) for r in vbds if r and r.values["currently_attached"]],
         "vifs": [vif_t(cache, uuid, r.values) for r in vifs if r and r.values["currently_attached"]],
         "pcis": [],
         "vgpus": [],

@@ -152,6 +152,11 @@ class QueueWatcher:
                 tx.update("VM", ref, {"guest_metrics": guest})
         if vm["power_state"] != power:
             operations.refresh_vm_and_devices(rt, ref)
+            if power in ("Halted", "Suspended"):
+                from xapi.context import Context
+                from .lifecycle import release_disks
+
+                release_disks(Context(rt=rt), ref)  # xapi detaches storage on both
         if halted and vm["power_state"] != "Halted":
             try:
                 self.client.vm_remove(vm["uuid"])  # xenopsd forgets a halted VM's metadata

@@ -66,4 +66,4 @@ def policy_for(model: Model, cls: str) -> Policy:
     return _POLICIES.get(cls, Exclusive)(model, cls)
 
 
-from . import devices, vm  # noqa: E402,F401  (register their policies)
+from . import devices, storage, vm  # noqa: E402,F401  (register their policies)
