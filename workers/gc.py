@@ -9,7 +9,8 @@ One pass:
   them is told to stop, which xapi does not do — and destroyed;
 - beyond ``max_tasks``, the oldest completed tasks are destroyed;
 - sessions idle for longer than ``inactive_session_timeout`` and without
-  pending tasks are destroyed.
+  pending tasks are destroyed;
+- pending tasks of a worker process of this host that died are failed.
 
 All limits come from the configuration (``etc/xapi.conf``).
 """
@@ -39,11 +40,13 @@ class GcReport:
     pending: int = 0
     excess: int = 0
     sessions: int = 0
+    orphans: int = 0
 
 
 def run_pass(rt: Runtime, state: GcState) -> GcReport:
     cfg = rt.config
     report = GcReport()
+    report.orphans = tasks.fail_dead_local_workers(rt)
     current = now()
     rows = rt.cache.rows("task")
     doomed: set[str] = set()

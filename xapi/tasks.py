@@ -13,6 +13,7 @@ be told at once (xenopsd and storage tasks, later).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable
 
@@ -77,6 +78,35 @@ def fail_orphans(rt: Runtime, alive: set[str], kind: str = "server") -> int:
     for ref in orphans:
         fail(rt, ref, ApiError("INTERNAL_ERROR", "the process running this task stopped"))
     return len(orphans)
+
+
+def fail_dead_local_workers(rt: Runtime) -> int:
+    """Fail pending tasks run by worker processes of this host that no longer exist.
+
+    Workers consume their host's queue, so they run beside this server: a pid
+    check tells whether one was killed, without waiting for the next worker to
+    start or for ``pending_task_timeout``.
+    """
+    prefix = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/worker/"
+    with rt.db.write() as tx:
+        owners = tx.task_owners()
+    dead = []
+    for ref, (_, owner) in owners.items():
+        if not owner.startswith(prefix):
+            continue
+        row = rt.cache.get("task", ref)
+        if row is None or row.values["status"] != PENDING:
+            continue
+        try:
+            pid = int(owner[len(prefix):].split("/")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.append(ref)
+        except (ValueError, PermissionError):
+            continue
+    for ref in dead:
+        fail(rt, ref, ApiError("INTERNAL_ERROR", "the process running this task stopped"))
+    return len(dead)
 
 
 def set_progress(rt: Runtime, ref: str, progress: float) -> None:

@@ -25,7 +25,7 @@ def pool_with_worker():
         if problem:
             pytest.skip(f"LOUD SKIP: {problem}")
     url = support.create_pg_database()
-    srv = support.start_server(db_url=url, redis_url=support.REDIS_URL)
+    srv = support.start_server(db_url=url, redis_url=support.REDIS_URL, gc_interval=1)
     worker = support.start_worker(srv, redis_url=support.REDIS_URL)
     yield srv, worker
     worker.terminate()
@@ -92,3 +92,31 @@ def test_worker_drives_vm_lifecycle(pool_with_worker):
     assert record["status"] == "success", record["error_info"]
     assert x.VM.get_power_state(vm) == "Halted"
     x.VM.destroy(vm)
+
+
+def test_killed_worker_leaves_no_pending_task(pool_with_worker):
+    """A worker killed in the middle of a task: the server fails the task on its next GC pass."""
+    import signal as sig
+
+    from tests.e2e.test_vm_lifecycle import install
+
+    srv, worker = pool_with_worker
+    x = XenAPI.Session(srv.url)
+    x.login_with_password("root", support.ROOT_PASSWORD)
+    vm = install(x.xenapi, "doomed")
+    from xapi.backends.xenops.client import XenopsClient
+
+    client = XenopsClient(os.path.join(srv.state_dir, "xenopsd"), "org.xen.xapi.xenops.simulator")
+    client.debug_trigger("delay", ["VM_build", "5"])  # a start that takes a while
+    try:
+        task = x.xenapi.Async.VM.start(vm, False, False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not x.xenapi.VM.get_current_operations(vm):
+            time.sleep(0.05)
+        worker.send_signal(sig.SIGKILL)
+        worker.wait()
+        record = _wait_task(x.xenapi, task, timeout=40)
+        assert record["status"] == "failure"
+        assert record["error_info"] == ["INTERNAL_ERROR", "the process running this task stopped"]
+    finally:
+        client.debug_trigger("delay", ["VM_build", "0"])
