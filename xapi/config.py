@@ -43,6 +43,7 @@ class Config(BaseModel):
 
     event_from_delay: float = 0.02
     event_next_delay: float = 0.2
+    event_next_max_queue: int = 100_000
     heartbeat_interval: float = 60.0
 
     xenopsd_queues: str = "org.xen.xapi.xenops.simulator"  # comma-separated; the first is the default

@@ -159,3 +159,26 @@ def test_jsonrpc_event_from(server):
     with pytest.raises(Failure) as info:
         rpc("event.from", ["pool"], "x,y", 0.0)
     assert info.value.details == ["EVENT_FROM_TOKEN_PARSE_FAILURE", "x,y"]
+
+
+def test_event_next_reports_events_lost(db_url):
+    url = support.create_pg_database() if "postgresql" in db_url else db_url.replace("xapi.db", "lost.db")
+    srv = support.start_server(db_url=url, event_next_max_queue=5)
+    try:
+        s = new_session(srv)
+        x = s.xenapi
+        x.event.register(["network"])
+        pool = x.pool.get_all()[0]
+        for i in range(8):  # more changes than the queue holds
+            x.pool.add_to_other_config(pool, f"k{i}", "v")
+        with pytest.raises(XenAPI.Failure) as info:
+            x.event.next()
+        assert info.value.details == ["EVENTS_LOST"]
+        # Having been told, the client starts over and gets events again.
+        net = x.network.create({"name_label": "again", "name_description": "", "MTU": "1500",
+                                "other_config": {}})
+        assert [e["ref"] for e in x.event.next()] == [net]
+    finally:
+        srv.stop()
+        if "postgresql" in url:
+            support.drop_pg_database(url)

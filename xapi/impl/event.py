@@ -20,11 +20,6 @@ from xapi.events import (
 
 from . import implements
 
-# event.next's queue limit: a registration further behind than this many
-# events gets EVENTS_LOST and must re-read its state (xapi bounds it by size).
-MAX_QUEUED_EVENTS = 100_000
-
-
 def _event_record(ctx: Context, ev: Event, timestamp: str) -> dict | None:
     record = {
         "id": str(ev.generation),
@@ -144,7 +139,8 @@ async def next_(ctx: Context):
     if reg is None:
         raise ApiError("SESSION_NOT_REGISTERED", ctx.session)
     cache = ctx.rt.cache
-    if reg.cursor < cache.journal_floor or cache.generation - reg.cursor > MAX_QUEUED_EVENTS:
+    # A registration too far behind has lost events (xapi bounds its queue by size).
+    if reg.cursor < cache.journal_floor or cache.generation - reg.cursor > ctx.rt.config.event_next_max_queue:
         reg.cursor = cache.generation
         raise ApiError("EVENTS_LOST")
     await asyncio.sleep(ctx.rt.config.event_next_delay)
