@@ -19,7 +19,23 @@ def _task(ctx: Context, ref: str) -> dict:
     row = ctx.rt.cache.get("task", ref)
     if row is None:
         raise ApiError("HANDLE_INVALID", "task", ref)
+    _assert_owner(ctx, ref)
     return row.values
+
+
+def _assert_owner(ctx: Context, ref: str) -> None:
+    """xapi's TaskHelper.assert_op_valid: the task's own user, or task.destroy/any."""
+    cache = ctx.rt.cache
+    caller = cache.get("session", ctx.session or "")
+    if caller is None or caller.values["is_local_superuser"]:
+        return
+    with ctx.rt.db.write() as tx:
+        owner_session = tx.task_owners().get(ref, ("", ""))[0]
+    owner = cache.get("session", owner_session)
+    if owner is not None and owner.values["auth_user_sid"] == caller.values["auth_user_sid"]:
+        return
+    raise ApiError("RBAC_PERMISSION_DENIED", "task.destroy/any",
+                   "No permission in user session. (Roles with this permission: pool-admin, pool-operator)")
 
 
 @implements("task.destroy")
