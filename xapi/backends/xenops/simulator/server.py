@@ -85,7 +85,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     path = P.socket_path(settings.socket_dir, settings.queue)
     if os.path.exists(path):
         os.unlink(path)  # a predecessor's socket
-    runner = web.AppRunner(make_app(service), access_log=None)
+    # Long polls (UPDATES.get) must not hold a stopping daemon: cut them short.
+    runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     await web.UnixSite(runner, path).start()
     log.info("xenopsd simulator serving %s (state in %s)", path, settings.state_dir)
