@@ -29,12 +29,12 @@ def wait_for(predicate, timeout=10.0):
 
 
 def install(x, name: str, template: str = "Other install media") -> str:
-    """What `xe vm-install` does: clone a template, provision it, make it a VM."""
+    """What `xe vm-install` does: clone a template and provision it (which makes it a VM)."""
     (tpl,) = [r for r, v in x.VM.get_all_records_where('field "is_default_template"="true"').items()
               if v["name_label"] == template]
     vm = x.VM.clone(tpl, name)
     x.VM.provision(vm)
-    x.VM.set_is_a_template(vm, False)
+    assert x.VM.get_is_a_template(vm) is False
     return vm
 
 

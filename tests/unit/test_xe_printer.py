@@ -351,6 +351,7 @@ def test_usage_and_bad_port_exit_zero_as_xe():
         out, err = io.StringIO(), io.StringIO()
         assert run(argv, env={}, stdout=out, stderr=err) == 0
         assert "Usage:" in err.getvalue()
+    assert err.getvalue().startswith("Port number must be an integer (0-65535)\nUsage:")
 
 
 def test_help_for_a_command_uses_xe_s_layout():

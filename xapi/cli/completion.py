@@ -213,6 +213,11 @@ def _live(words: list[str], env: dict[str, str]):
     return fetch
 
 
+def _escape(word: str) -> str:
+    """Backslash-escape what the shell would otherwise split or expand."""
+    return "".join("\\" + ch if ch in " \t'\"\\$`&|;<>()*?[]!#" else ch for ch in word)
+
+
 def complete_main(args: list[str], env: dict[str, str], out: TextIO) -> int:
     line = env.get("COMP_LINE", " ".join(args))
     try:
@@ -240,7 +245,7 @@ def complete_main(args: list[str], env: dict[str, str], out: TextIO) -> int:
     breaks = env.get("COMP_WORDBREAKS", DEFAULT_WORDBREAKS)
     cut = max((cur.rfind(c) for c in breaks if c), default=-1) + 1
     for c in found:
-        out.write(c[cut:] + "\n")
+        out.write(_escape(c[cut:]) + "\n")
     return 0
 
 

@@ -30,7 +30,7 @@ import socket
 import ssl
 import sys
 import xmlrpc.client
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ApiFailure, ConnectionFailure, ExitWithError, ParamError
@@ -62,7 +62,6 @@ class Options:
     traceparent: str | None = None
     baggage: str | None = None
     unix_socket: str = LOCAL_SOCKET
-    errors: list[str] = field(default_factory=list)
 
     @property
     def socket_path(self) -> str | None:
@@ -99,8 +98,7 @@ def _set_option(opts: Options, key: str, value: str) -> bool:
             if not 0 <= port <= 65535:
                 raise ValueError
         except ValueError:
-            opts.errors.append("Port number must be an integer (0-65535)")
-            raise UsageRequested() from None
+            raise UsageRequested("Port number must be an integer (0-65535)") from None
         opts.port = port
     elif key == "username":
         opts.username = value

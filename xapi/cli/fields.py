@@ -25,7 +25,7 @@ time for lists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from xapi.idl.model import Cls, model
@@ -61,16 +61,16 @@ class Context:
         cache = self._records.setdefault(cls, {})
         if ref in cache:
             return cache[ref]
-        if self.bulk and cls not in self._complete:
-            self._complete.add(cls)
+        if self.bulk and cls not in self._complete and cls + "/failed" not in self._complete:
             try:
                 cache.update(self.call(f"{cls}.get_all_records"))
+                self._complete.add(cls)
             except ApiFailure:
-                pass
+                self._complete.add(cls + "/failed")
             if ref in cache:
                 return cache[ref]
-        if cls in self._complete and self.bulk:
-            cache[ref] = None
+        if self.bulk and cls in self._complete:
+            cache[ref] = None  # every object of the class is known: this one is gone
             return None
         try:
             cache[ref] = self.call(f"{cls}.get_record", ref)
@@ -78,8 +78,11 @@ class Context:
             cache[ref] = None
         return cache[ref]
 
-    def remember(self, cls: str, records: dict[str, dict]) -> None:
+    def remember(self, cls: str, records: dict[str, dict], complete: bool = False) -> None:
+        """Records already fetched; ``complete`` when they are all of the class's objects."""
         self._records.setdefault(cls, {}).update(records)
+        if complete:
+            self._complete.add(cls)
 
     def uuid(self, cls: str, ref: str) -> str:
         rec = self.record(cls, ref)
@@ -516,8 +519,6 @@ def _bind_one(c: Cls, d: F) -> FieldSpec | None:
 
     spec = FieldSpec(name=d.name, get=get, hidden=d.hidden, deprecated=d.deprecated,
                      expensive=d.expensive, case_insensitive=d.case_insensitive, needs=needs)
-    msgs = c.messages
-
     if kind == "rw" or d.settable or d.set is not None:
         if d.set is not None:
             spec.set = d.set

@@ -7,6 +7,7 @@ Ctrl-C).
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import sys
@@ -25,7 +26,7 @@ _LOADED = False
 def load_commands() -> None:
     global _LOADED
     if not _LOADED:
-        from . import operations  # noqa: F401  (registers its commands)
+        importlib.import_module(f"{__package__}.operations")  # registers its commands
         from .params import register_all
 
         register_all()
@@ -66,7 +67,9 @@ def run(argv: list[str], env: dict[str, str] | None = None, stdin: TextIO | None
 
     try:
         opts, args = parse_options(argv, env, stderr)
-    except UsageRequested:
+    except UsageRequested as e:
+        if str(e):
+            stderr.write(f"{e}\n")
         stderr.write(USAGE.format(argv0=argv0))
         return 0
     except VersionRequested:
@@ -76,8 +79,6 @@ def run(argv: list[str], env: dict[str, str] | None = None, stdin: TextIO | None
         for line in e.lines():
             stderr.write(line + "\n")
         return e.exit_code
-    finally:
-        pass
     if not args:
         stderr.write(USAGE.format(argv0=argv0))
         return 0
@@ -129,6 +130,15 @@ def run(argv: list[str], env: dict[str, str] | None = None, stdin: TextIO | None
             stderr.write(line + "\n")
         status = e.exit_code
     except KeyboardInterrupt:
+        if conn is not None:
+            conn.reset()  # the interrupted call may have left a reply half-read
+        status = 1
+    except Exception as e:  # a bug, or a reply this client does not understand
+        stderr.write(f"Unhandled exception\n{e!r}\n")
+        if opts.debug:
+            import traceback
+
+            traceback.print_exc(file=stderr)
         status = 1
     finally:
         if session is not None:
@@ -152,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         code = run(args, argv0=argv0)
     except KeyboardInterrupt:
         code = 1
-    except BrokenPipeError:
+    except BrokenPipeError:  # ``xe vm-list | head``: stop quietly, as xe (SIGPIPE ignored) does
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         code = 1
     sys.exit(code)
 

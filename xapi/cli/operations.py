@@ -16,9 +16,7 @@ from typing import Any
 from xapi.idl.model import model
 
 from .classes import CLASSES
-from .cmdtable import (
-    HIDDEN, STANDARD, VM_SELECTORS, Invocation, command,
-)
+from .cmdtable import HIDDEN, STANDARD, STDPARAMS, VM_SELECTORS, Invocation, command
 from .connection import Connection, Options, Session
 from .errors import ApiFailure, CliFailure
 from .fields import NULL_REF, RecordView, bytes_of_string, parse_enum, parse_int
@@ -241,7 +239,7 @@ def _disks_xml(other_config: dict) -> ET.Element | None:
 def _rewrite_provisioning(inv: Invocation, vm: str, sr_uuid: str) -> None:
     other = inv.call("VM.get_other_config", vm)
     root = _disks_xml(other)
-    if root is None:
+    if root is None or not list(root.iter("disk")):
         return
     for disk in root.iter("disk"):
         disk.set("sr", sr_uuid)
@@ -1148,8 +1146,7 @@ def event_wait(inv: Invocation) -> None:
     cli = CLASSES[name]
     conditions = []
     for key, value in inv.params:
-        if key == "class" or key in ("server", "password", "port", "username", "minimal", "force",
-                                     "multiple", "all", "message-priority", "trace", "progress"):
+        if key == "class" or key in STDPARAMS:
             continue
         if value.startswith("/="):
             conditions.append((False, key, value[2:]))

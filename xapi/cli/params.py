@@ -150,7 +150,7 @@ def field_of(cli: CliClass, view: RecordView, name: str) -> FieldSpec:
 def do_list(inv: Invocation, cli: CliClass) -> None:
     ctx = inv.ctx(bulk=True)
     records = all_records(inv, cli)
-    ctx.remember(cli.api, records)
+    ctx.remember(cli.api, records, complete=True)
     views = [RecordView(ctx, cli.api, ref, rec) for ref, rec in records.items()]
     filters = [(k, v) for k, v in inv.params
                if k != "params" and k not in STDPARAMS and not k.startswith("database:")]

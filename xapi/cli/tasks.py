@@ -5,7 +5,8 @@ task with ``event.from`` on ``task/<ref>``.  While it waits, a progress bar
 (`` 42% / #####``, xe's) is drawn on standard error when that is a terminal,
 or when ``--progress`` is given; nothing is drawn when output is piped or in
 ``--minimal`` mode.  Ctrl-C cancels the task (``task.cancel``) and waits for
-it to stop; the command then fails with ``TASK_CANCELLED`` (exit status 1).
+it to stop; the command then fails with ``TASK_CANCELLED`` (exit status 1),
+or with the error of ``task.cancel`` if the server refuses.
 A second Ctrl-C gives up waiting.  The task is destroyed at the end, as xe
 does.
 """
@@ -127,10 +128,8 @@ class TaskRunner:
     def _cancel(self, task: str, bar: ProgressBar | None) -> dict:
         # The interrupted call may have left the connection mid-reply.
         self.session.conn.reset()
-        try:
-            self.session.call("task.cancel", task)
-        except ApiFailure:
-            pass
+        # If the server refuses to cancel, that error is the command's outcome (exit status 1).
+        self.session.call("task.cancel", task)
         try:
             return self._follow(task, bar, deadline=time.monotonic() + CANCEL_GRACE)
         except KeyboardInterrupt:

@@ -228,10 +228,13 @@ def provision_spec(other_config: dict[str, str]) -> list[dict[str, str]]:
 def provision(ctx: Context, vm_ref: str) -> None:
     """The template's ``other_config:disks`` made real: a VDI and a VBD per disk.
 
-    A disk's ``sr`` is an SR uuid; empty means the pool's default SR.  The
-    ``disks`` key is removed once done, so a VM is provisioned once.
+    The VM stops being a template first, as in xapi.  A disk's ``sr`` is an SR
+    uuid; empty means the pool's default SR.  The ``disks`` key is removed
+    once done, so a VM is provisioned once.
     """
     rt = ctx.rt
+    with rt.db.write() as tx:  # as xapi: provisioning makes the template a VM first
+        tx.update("VM", vm_ref, {"is_a_template": False})
     vm = rt.cache.get("VM", vm_ref).values
     spec = provision_spec(vm["other_config"])
     default_sr = rt.cache.get("pool", rt.pool_ref).values["default_SR"] if rt.pool_ref != NULL_REF else NULL_REF
