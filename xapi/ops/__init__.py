@@ -10,13 +10,14 @@ policy (power states, templates, snapshots…) arrives with the VM lifecycle.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from xapi.errors import ApiError
 from xapi.idl.model import Model
 
 
-class Policy:
+class Policy(ABC):
     def __init__(self, model: Model, cls: str):
         self.cls = cls
         spec = model.classes[cls]
@@ -26,9 +27,9 @@ class Policy:
         """The object's fields plus whatever else the rules look at (read in ``tx``)."""
         return values
 
+    @abstractmethod
     def check(self, ref: str, values: dict[str, Any], op: str) -> None:
         """Raise the XenAPI error that forbids ``op`` now, if any."""
-        raise NotImplementedError
 
     def allowed(self, ref: str, values: dict[str, Any]) -> list[str]:
         out = []
