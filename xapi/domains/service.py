@@ -86,14 +86,18 @@ class Domains:
             tasks.on_cancel(self.rt, ctx.task, lambda: self._cancel(client, task_id))
         try:
             while True:
-                done.wait(1.0)  # the watcher signals; the poll covers a lost event
+                # Clear, then look, then wait: a task that ended before we looked is
+                # seen at once, and a signal that comes after the look is kept.
+                done.clear()
                 task = client.task_stat(task_id)
                 status = P.task_status(task)
                 if status == P.COMPLETED:
                     return P.task_result(task)
                 if status == P.FAILED:
                     raise self.api_error(XenopsError(*P.task_error(task)), vm_ref, queue)
-                done.clear()
+                # The watcher signals the end; without a watcher here (a worker),
+                # poll briskly rather than once a second.
+                done.wait(1.0 if self.watching else 0.05)
         finally:
             with self._lock:
                 self._finished.pop(key, None)
@@ -147,6 +151,10 @@ class Domains:
         finally:
             with self._lock:
                 self._barriers.pop((queue, barrier), None)
+            try:
+                client.updates_remove_barrier(barrier)  # here, not in the busy watcher
+            except Exception:
+                log.debug("could not remove barrier %d", barrier, exc_info=True)
 
     def _await_write_back(self, client: XenopsClient, vm_uuid: str, timeout: float) -> None:
         """Without a watcher here: wait until the database shows what xenopsd reports."""

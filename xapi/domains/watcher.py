@@ -65,8 +65,8 @@ class QueueWatcher:
                 for barrier, ids in barriers:
                     for dyn in ids:
                         self._process(dyn, seen)
-                    self.domains.barrier_reached(self.queue, barrier)
-                    self.client.updates_remove_barrier(barrier)
+                    if not self.domains.barrier_reached(self.queue, barrier):
+                        self.client.updates_remove_barrier(barrier)  # nobody waits for it
                 for dyn in updates:
                     self._process(dyn, seen)
                 last = next_id
@@ -144,7 +144,8 @@ class QueueWatcher:
                         tx.update(cls, dev, {"currently_attached": False})
             elif vm["resident_on"] == NULL_REF:
                 changes["resident_on"] = rt.host_ref
-            tx.update("VM", ref, {k: v for k, v in changes.items() if vm.get(k) != v})
+            changed = {k: v for k, v in changes.items() if vm.get(k) != v}
+            tx.update("VM", ref, changed)
             self._write_metrics(tx, ref, vm, state, power)
             if power == "Running" and vm["guest_metrics"] == NULL_REF:
                 guest = make_ref()
@@ -165,9 +166,10 @@ class QueueWatcher:
 
     def _write_metrics(self, tx, ref: str, vm: dict, state: dict, power: str) -> None:
         metrics = vm["metrics"]
-        if metrics == NULL_REF or not tx.exists("VM_metrics", metrics):
+        current = tx.get("VM_metrics", metrics) if metrics != NULL_REF else None
+        if current is None:
             return
-        changes: dict[str, Any] = {"last_updated": now()}
+        changes: dict[str, Any] = {}
         if power != "Halted":
             changes["VCPUs_number"] = int(state.get("vcpu_target", vm["VCPUs_at_startup"]))
             changes["memory_actual"] = int(state.get("memory_actual", vm["memory_target"]) or vm["memory_target"])
@@ -181,7 +183,9 @@ class QueueWatcher:
             if domain_type:
                 changes["current_domain_type"] = domain_type
             changes["hvm"] = bool(state.get("hvm", False))
-        tx.update("VM_metrics", metrics, changes)
+        changes = {k: v for k, v in changes.items() if current.get(k) != v}
+        if changes:  # an unchanged VM costs no write and no event
+            tx.update("VM_metrics", metrics, {**changes, "last_updated": now()})
 
     # -- devices ---------------------------------------------------------------------
 
