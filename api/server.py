@@ -25,6 +25,7 @@ from xapi.storage.service import Storage
 from xapi.events import EventHub
 
 from workers import gc as db_gc
+from workers import storage_gc
 
 from .app import DISPATCHER, create_app
 
@@ -55,6 +56,18 @@ def open_runtime(config: Config) -> Runtime:
     start_storage(rt)
     start_domains(rt)
     return rt
+
+
+def close_runtime(rt: Runtime) -> None:
+    """Stop what open_runtime started: watchers, the simulator it started, listener, threads, DB."""
+    if rt.domains is not None:
+        rt.domains.stop()
+    embedded.stop_simulator(rt.extra.get("simulator"))
+    listener = rt.extra.get("listener")
+    if listener is not None:
+        listener.stop()
+    rt.executor.shutdown(wait=False)
+    rt.db.close()
 
 
 def start_storage(rt: Runtime) -> None:
@@ -167,7 +180,8 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     log.info("xapi listening on %s%s", config.listen,
              f" and {socket_path}" if socket_path else "")
     background = [asyncio.create_task(_gc_loop(rt)), asyncio.create_task(_heartbeat_loop(rt)),
-                  asyncio.create_task(_simulator_keeper(rt))]
+                  asyncio.create_task(_simulator_keeper(rt)),
+                  asyncio.create_task(storage_gc.loop(rt))]  # VHD coalescing, workers/storage_gc.py
     if ready is not None:
         ready.set()
     try:
@@ -177,8 +191,4 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
             job.cancel()
         for runner in runners:
             await runner.cleanup()
-        if rt.domains is not None:
-            rt.domains.stop()
-        embedded.stop_simulator(rt.extra.get("simulator"))
-        rt.executor.shutdown(wait=False)
-        rt.db.close()
+        close_runtime(rt)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from api.dispatch import Dispatcher, Route
-from api.server import open_runtime
+from api.server import close_runtime, open_runtime
 from xapi import tasks
 from xapi.config import Config
 from xapi.context import Context
@@ -25,8 +25,7 @@ def rt(fresh_db_url, tmp_path):
     runtime = open_runtime(Config(state_dir=str(tmp_path), db_url=fresh_db_url))
     runtime.process_id = "test/server/1/x"
     yield runtime
-    runtime.executor.shutdown()
-    runtime.db.close()
+    close_runtime(runtime)
 
 
 def test_cancel_reaches_the_running_operation(rt):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.server import open_runtime
+from api.server import close_runtime, open_runtime
 from xapi.config import Config
 
 
@@ -29,13 +29,11 @@ def test_first_boot_then_restart(fresh_db_url, tmp_path):
     assert len(dom0["consoles"]) == 2
     assert first["pool"] == first["host"] == first["network"] == 1
     assert first["host_cpu"] >= 1 and first["console"] == 2
-    rt.executor.shutdown()
-    rt.db.close()
+    close_runtime(rt)
 
     cfg = Config(state_dir=str(tmp_path), db_url=fresh_db_url, listen="127.0.0.3:9999")
     again = open_runtime(cfg)
     assert _counts(again) == first
     assert (again.host_ref, again.pool_ref) == (host_ref, pool_ref)
     assert again.cache.get("host", host_ref).values["address"] == "127.0.0.3"
-    again.executor.shutdown()
-    again.db.close()
+    close_runtime(again)

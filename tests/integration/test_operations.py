@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from api.server import open_runtime
+from api.server import close_runtime, open_runtime
 from xapi import operations
 from xapi.config import Config
 from xapi.context import Context
@@ -18,8 +18,7 @@ from xapi.refs import make_ref, make_uuid
 def rt(fresh_db_url, tmp_path):
     runtime = open_runtime(Config(state_dir=str(tmp_path), db_url=fresh_db_url))
     yield runtime
-    runtime.executor.shutdown()
-    runtime.db.close()
+    close_runtime(runtime)
 
 
 def _network(rt) -> str:

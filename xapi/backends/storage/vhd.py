@@ -1167,6 +1167,9 @@ def coalesce_into_parent(child_path: str, *,
             spb = child._spb
             limit = -(-child.virtual_size // SECTOR)
             total = len(blocks)
+            # one buffer for every block: a fresh block-sized bytes object per
+            # block page-faults its memory in again each time (measurably slower)
+            buf = memoryview(bytearray(child.block_size))
             for done, block in enumerate(blocks, 1):
                 first = block * spb
                 stop = min(spb, limit - first)
@@ -1175,8 +1178,9 @@ def coalesce_into_parent(child_path: str, *,
                     data_at = child._bat[block] * SECTOR + child._bitmap_bytes
                     for a, b, present in _bitmap_runs(bitmap, 0, stop):
                         if present:
-                            data = _pread(child._fd, (b - a) * SECTOR, data_at + a * SECTOR)
-                            parent._write_sectors(first + a, memoryview(data))
+                            data = buf[:(b - a) * SECTOR]
+                            _pread_into(child._fd, data, data_at + a * SECTOR)
+                            parent._write_sectors(first + a, data)
                 if progress is not None:
                     progress(done, total)
             parent.flush()

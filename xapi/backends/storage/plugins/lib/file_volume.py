@@ -21,6 +21,7 @@ Directory layout::
     <uuid>.vhd          a volume: key = uuid = file name without .vhd
     <uuid>.json         its metadata: name, description, keys, sharable, read_write
     .journal/<uuid>.json  a snapshot/clone of <uuid> in progress
+    <uuid>.vhd.merged   a leaf-coalesce of <uuid> being committed (see below)
     .datapath/<uuid>.vhd.json  datapath state (sr_dir)
 
 New volumes are dynamic VHDs, sized up to whole 2 MiB blocks as sm does.
@@ -62,11 +63,23 @@ snapshots, then returns::
 
 The GC coalesces a node into its parent with ``vhd.coalesce_into_parent``
 (no lock needed: the two files are not written by anyone else), then, holding
-``lock``, re-parents the node's children (``Vhd.set_parent``) and deletes the
-node's ``.vhd``.  A leaf-coalesce goes: ``Datapath.pause`` the leaf's URI (if
-it has a datapath state), take the lock, coalesce the leaf into its parent,
-rename the parent over ``<leaf>.vhd`` and clear its hidden flag (the volume
-keeps its key and metadata), release the lock, ``Datapath.unpause``.
+``lock`` (an exclusive ``flock`` of that file), re-parents the node's children
+(``Vhd.set_parent``) and deletes the node's ``.vhd``.  A leaf-coalesce goes:
+``Datapath.pause`` the leaf's URI (required if it has a datapath state; the
+project's GC pauses every leaf, which also holds off an activation racing
+with the commit), take the lock, coalesce the leaf into its parent, commit,
+release the lock, ``Datapath.unpause``.  The commit keeps ``<leaf>.vhd`` a visible volume at
+every instant (``SR.ls``, ``Volume.stat`` and the datapath read without the
+lock) and is finished by this plugin if the GC dies half-way:
+
+1. rename the parent to ``<leaf>.vhd.merged`` (a name no call lists);
+2. clear the hidden flag of ``<leaf>.vhd.merged``;
+3. rename ``<leaf>.vhd.merged`` over ``<leaf>.vhd``: the volume keeps its
+   key, metadata and datapath state, its contents now need one file less.
+
+Step 1 comes only after the coalesce completed, so a ``<leaf>.vhd.merged``
+always holds the whole volume: the next call that takes the lock (``SR.tree``,
+``SR.attach``, every change) does steps 2 and 3 for any it finds.
 The GC must not call the plugin while holding the lock.
 
 Errors (see ``plugins.sm_error``): missing ``path`` -> 115; the directory
@@ -112,6 +125,7 @@ SR_SCHEME = "file"
 VOLUME_SCHEME = "vhd+file"
 SR_META = ".sr.json"
 JOURNALS = ".journal"
+MERGED = ".merged"                    # <leaf>.vhd.merged: a leaf-coalesce being committed
 MAX_CHAIN = 30                        # sm's vhdutil.MAX_CHAIN_SIZE
 SIZE_UNIT = vhd.DEFAULT_BLOCK_SIZE
 KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -319,7 +333,17 @@ class FileSR:
         return os.path.join(self.path, JOURNALS, key + ".json")
 
     def recover(self) -> None:
-        """Finish or undo interrupted snapshots (call with the lock held)."""
+        """Finish interrupted leaf-coalesce commits, and finish or undo
+        interrupted snapshots (call with the lock held)."""
+        for merged in glob.glob(os.path.join(glob.escape(self.path), "*.vhd" + MERGED)):
+            leaf = merged[:-len(MERGED)]
+            if not KEY.match(os.path.basename(leaf)[:-4]):
+                continue
+            with vhd.open(merged, writable=True) as image:
+                if image.hidden:
+                    image.set_hidden(False)
+            os.replace(merged, leaf)
+            sr_dir.fsync_dir(self.path)
         for journal in self.pending():
             leaf, base = self.vhd_path(journal["leaf"]), self.vhd_path(journal["base"])
             committed = (os.path.exists(leaf) and os.path.exists(base)
