@@ -56,16 +56,10 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from bench.report import DOCS, write_section
+
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "performance.md"
 SECTION = "## Events and tasks (issue 3)"
-DOC_INTRO = """# Performance
-
-Figures written by the benchmarks under `bench/` (run them on an otherwise idle
-machine; absolute numbers depend on the machine, the ratios are what to
-compare).  Each section is rewritten by its benchmark with its latest run.
-"""
-
 P50_TARGET_MS = 60.0  # at 500 watchers
 P99_TARGET_MS = 150.0
 RSS_TARGET = 2.0  # waiting / idle, at most
@@ -990,24 +984,6 @@ def report(lat: dict, tasks: list[dict], skipped: list[str], args) -> tuple[str,
     return console, "\n".join(md), all_ok
 
 
-def write_docs(section: str) -> None:
-    if DOCS.exists():
-        text = DOCS.read_text()
-    else:
-        DOCS.parent.mkdir(parents=True, exist_ok=True)
-        text = DOC_INTRO
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    DOCS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.events",
                                      description=__doc__.split("\n\n")[0])
@@ -1037,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     console, section, ok = report(lat, tasks, skipped, args)
     print(console)
     if not args.no_docs:
-        write_docs(section)
+        write_section(SECTION, section)
         print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0

@@ -49,16 +49,10 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from bench.report import DOCS, write_section
+
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "performance.md"
 SECTION = "## RPC layer (issue 2)"
-DOC_INTRO = """# Performance
-
-Figures written by the benchmarks under `bench/` (run them on an otherwise idle
-machine; absolute numbers depend on the machine, the ratios are what to
-compare).  Each section is rewritten by its benchmark with its latest run.
-"""
-
 GET_RECORD_TARGET = 0.50  # ours / bare calls per second
 ALL_RECORDS_TARGET = 1.00  # ours / stdlib encoder time, at most
 
@@ -658,24 +652,6 @@ def report(a: dict, b: dict, args) -> tuple[str, str]:
     return console, "\n".join(md)
 
 
-def write_docs(section: str) -> None:
-    if DOCS.exists():
-        text = DOCS.read_text()
-    else:
-        DOCS.parent.mkdir(parents=True, exist_ok=True)
-        text = DOC_INTRO
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    DOCS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__.split("\n\n")[0])
     parser.add_argument("--vms", type=int, default=10_000, help="VMs for get_all_records (10000)")
@@ -745,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     console, section = report(a, b, args)
     print(console)
     if not args.no_docs:
-        write_docs(section)
+        write_section(SECTION, section)
         print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0

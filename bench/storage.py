@@ -75,16 +75,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import DOCS, write_section
+
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "performance.md"
 SECTION = "## Storage (issue 5)"
-DOC_INTRO = """# Performance
-
-Figures written by the benchmarks under `bench/` (run them on an otherwise idle
-machine; absolute numbers depend on the machine, the ratios are what to
-compare).  Each section is rewritten by its benchmark with its latest run.
-"""
-
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 BLOCK = 2 * MiB
@@ -767,24 +761,6 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
     return "\n".join(console), "\n".join(md), snap_ok and clone_ok and coal_ok
 
 
-def write_docs(section: str) -> None:
-    if DOCS.exists():
-        text = DOCS.read_text()
-    else:
-        DOCS.parent.mkdir(parents=True, exist_ok=True)
-        text = DOC_INTRO
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    DOCS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.storage",
                                      description=__doc__.split("\n\n")[0])
@@ -829,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     console, section, ok = report(args, bench, snaps, coal, lat, profile_lines)
     print(console)
     if not args.no_docs:
-        write_docs(section)
+        write_section(SECTION, section)
         print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
     if not ok:
         loud("a storage target was missed: see the hotspots above")
