@@ -151,10 +151,13 @@ class ObjectCache:
                         self.uuids[ch.cls].pop(old.values.get("uuid"), None)
                         created = old.created
                     if not baseline:
-                        self._journal((ch.modified, ch.cls, ch.ref, "del", created))
+                        self._journal((generation, ch.cls, ch.ref, "del", created))
                 else:
                     if not baseline:
-                        self._journal((ch.modified, ch.cls, ch.ref, ch.op, ch.created))
+                        # Journalled under the generation being applied, not the row's
+                        # _modified: a row re-read by a catch-up may already carry a later
+                        # generation, and the journal must stay in order for bisection.
+                        self._journal((generation, ch.cls, ch.ref, ch.op, ch.created))
                     table[ch.ref] = Row(ch.ref, ch.values, ch.created, ch.modified)
                     uuid = ch.values.get("uuid")
                     if old is not None and old.values.get("uuid") != uuid:
