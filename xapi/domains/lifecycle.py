@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xapi import operations
 from xapi.backends.xenops.client import XenopsError, XenopsUnavailable
 from xapi.context import Context
 from xapi.errors import ApiError
@@ -196,25 +197,35 @@ def _paths(ctx: Context) -> dict:
 
 
 def _abandon_start(ctx: Context, vm_ref: str, queue: str, uuid: str) -> None:
-    """Leave a VM whose start failed cleanly halted, in xenopsd and in the database."""
+    """Leave a VM whose start failed (or was cancelled) cleanly halted, in xenopsd and here.
+
+    The start and unpause xapi queued may still run in xenopsd's per-VM queue;
+    a shutdown queued behind them ends whatever they made.  The watcher is
+    then waited for, so the database shows the outcome before the call ends.
+    """
     release_disks(ctx, vm_ref)
-    client = _domains(ctx).clients[queue]
+    domains = _domains(ctx)
+    client = domains.clients[queue]
     try:
-        _, state = client.vm_stat(uuid)
-        if state.get("power_state") != "Halted":
-            task = client.vm_shutdown(uuid, None)
-            client.wait_task(task, 60)
-            client.task_destroy(task)
+        task = client.vm_shutdown(uuid, None)
+        client.wait_task(task, 60)
+        client.task_destroy(task)
+    except Exception:
+        pass  # nothing to shut down, or xenopsd is unreachable: the resync settles it
+    try:
         client.vm_remove(uuid)
+        domains.sync(queue, uuid, timeout=10)
     except Exception:
         pass
     with ctx.rt.db.write() as tx:
-        if tx.exists("VM", vm_ref):
-            tx.update("VM", vm_ref, {"scheduled_to_be_resident_on": NULL_REF})
-            if tx.get("VM", vm_ref)["power_state"] == "Halted":
-                for cls in ("VBD", "VIF"):
-                    for dev in tx.refs_where(cls, VM=vm_ref, currently_attached=True):
-                        tx.update(cls, dev, {"currently_attached": False})
+        if not tx.exists("VM", vm_ref):
+            return
+        tx.update("VM", vm_ref, {"power_state": "Halted", "resident_on": NULL_REF, "domid": -1,
+                                 "scheduled_to_be_resident_on": NULL_REF})
+        for cls in ("VBD", "VIF"):
+            for dev in tx.refs_where(cls, VM=vm_ref, currently_attached=True):
+                tx.update(cls, dev, {"currently_attached": False})
+    operations.refresh_vm_and_devices(ctx.rt, vm_ref)
 
 
 def _simple(ctx: Context, vm_ref: str, call: str, *args, expect: tuple[str, ...] = (),
