@@ -133,6 +133,11 @@ class ObjectCache:
     def apply(self, changes: list[Change], generation: int, *, baseline: bool = False) -> None:
         """Install committed changes.  ``baseline`` marks a full load: not journalled."""
         with self.lock:
+            if not baseline and generation <= self.generation:
+                # Already here: a catch-up that ran between this process's commit
+                # and this call read the same rows from the change log.  Applying
+                # them again would journal an old generation after newer ones.
+                return
             touched: set[tuple[str, str]] = set()
             fresh: list[Change] = []
             for ch in changes:

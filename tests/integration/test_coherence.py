@@ -100,3 +100,27 @@ def test_journal_stays_in_order_when_a_catch_up_reads_newer_rows(two):
     for since in range(0, 3):
         events, _ = collect(a.cache, sub, since)
         assert task in {e.ref for e in events}, (since, events)
+
+
+def test_a_late_own_apply_does_not_reorder_the_journal():
+    """The listener can apply a process's own commit (and later ones) before the
+    committing thread does; the late apply must change nothing."""
+    from db.cache import Change, ObjectCache
+    from db.schema import stored_classes
+    from xapi.idl.model import model
+
+    m = model()
+    cache = ObjectCache(m, stored_classes(m))
+
+    def change(gen: int, ref: str) -> Change:
+        values = {f.name: f.initial for f in m.classes["network"].stored_fields}
+        values.update(uuid=f"u-{ref}", name_label=str(gen))
+        return Change("network", ref, "add" if gen == 1 else "mod", values, 1, gen)
+
+    cache.apply([change(1, "OpaqueRef:a")], 1)
+    cache.apply([change(2, "OpaqueRef:a")], 2)  # the listener, reading generation 2
+    cache.apply([change(3, "OpaqueRef:b")], 3)
+    before = list(cache.journal)
+    cache.apply([change(2, "OpaqueRef:a")], 2)  # the committing thread, late
+    assert list(cache.journal) == before
+    assert [e[0] for e in cache.journal] == [1, 2, 3]
