@@ -56,6 +56,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from bench.procs import cpu_seconds, wait_for_other_benchmarks
 from bench.report import DOCS, write_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,16 +80,6 @@ def log(msg: str) -> None:
 def loud(msg: str) -> None:
     bar = "!" * 78
     print(f"\n{bar}\n!!! {msg}\n{bar}\n", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy() -> float:
@@ -228,42 +219,6 @@ def login_many(server, count: int) -> list[str]:
                            "1.0", f"bench.events-watcher-{i}") for i in range(count)]
     finally:
         client.close()
-
-
-def other_benchmarks() -> list[str]:
-    """Command lines of other running benchmarks (``-m bench.<x>``, not ours)."""
-    found = []
-    mine = {os.getpid(), os.getppid()}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in mine:
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        for i, arg in enumerate(argv[:-1]):
-            module = argv[i + 1]
-            if arg == b"-m" and module.startswith(b"bench.") and module != b"bench.events":
-                found.append(b" ".join(argv).decode(errors="replace").strip())
-                break
-    return found
-
-
-def wait_for_other_benchmarks(max_wait: float) -> None:
-    deadline = time.monotonic() + max_wait
-    said = 0.0
-    while True:
-        others = other_benchmarks()
-        if not others:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"another benchmark is still running ({others[0]}); "
-                             f"not measuring (use --no-wait to measure anyway)")
-        if time.monotonic() - said > 30:
-            log(f"waiting for another benchmark to finish: {others[0]}")
-            said = time.monotonic()
-        time.sleep(2)
 
 
 # -----------------------------------------------------------------------------
@@ -1005,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not args.no_wait:
-        wait_for_other_benchmarks(1800)
+        wait_for_other_benchmarks("bench.events", 1800)
     raise_fd_limit()  # the server inherits it: 500 watchers are 500 sockets
     started = time.perf_counter()
     lat = bench_latency(args)

@@ -49,6 +49,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from bench.procs import cpu_seconds
 from bench.report import DOCS, write_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,17 +65,6 @@ ALL_RECORDS_TARGET = 1.00  # ours / stdlib encoder time, at most
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    # after "pid (comm)": state is fields[0], utime is field 14 -> index 11
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def nproc() -> int:

@@ -67,7 +67,6 @@ import datetime as _dt
 import os
 import platform
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +74,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procs import wait_for_other_benchmarks
 from bench.report import DOCS, write_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,38 +121,6 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" with uncommitted changes" if dirty else "")
-
-
-def other_benchmarks() -> list[str]:
-    """Command lines of other running benchmarks (``-m bench.<x>``)."""
-    found = []
-    mine = {os.getpid(), os.getppid()}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in mine:
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        for i, arg in enumerate(argv[:-1]):
-            if arg == b"-m" and argv[i + 1].startswith(b"bench."):
-                found.append(b" ".join(argv).decode(errors="replace").strip())
-                break
-    return found
-
-
-def wait_for_other_benchmarks(max_wait: float) -> None:
-    deadline = time.monotonic() + max_wait
-    said = 0.0
-    while others := other_benchmarks():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"another benchmark is still running ({others[0]}); "
-                             "not measuring (use --no-wait to measure anyway)")
-        if time.monotonic() - said > 30:
-            log(f"waiting for another benchmark to finish: {others[0]}")
-            said = time.monotonic()
-        time.sleep(2)
 
 
 def page_reporting() -> bool:
@@ -785,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prefault is None:
         args.prefault = 2 * args.written + 512 * MiB
     if not args.no_wait:
-        wait_for_other_benchmarks(1800)
+        wait_for_other_benchmarks("bench.storage", 1800)
     started = time.perf_counter()
     bench = Bench(args)
     bench.start()

@@ -60,9 +60,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procs import cpu_seconds, wait_for_other_benchmarks
 from bench.report import DOCS, write_section
 
-from bench.events import (Client, Conn, code_version, connect, cpu_seconds, http_request,
+from bench.events import (Client, Conn, code_version, connect, http_request,
                           json_request, log, login, loud, machine_busy, nproc, pct,
                           raise_fd_limit)
 
@@ -119,37 +120,6 @@ def thread_cpu(pid: int | None) -> dict[str, float]:
         fields = text.rsplit(")", 1)[1].split()
         out[name] = (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def wait_for_other_benchmarks(max_wait: float) -> None:
-    """Wait while another ``python -m bench.<x>`` (not this one) runs."""
-    deadline = time.monotonic() + max_wait
-    said = 0.0
-    mine = {os.getpid(), os.getppid()}
-    while True:
-        others = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in mine:
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            for i, arg in enumerate(argv[:-1]):
-                module = argv[i + 1]
-                if arg == b"-m" and module.startswith(b"bench.") and module != b"bench.vms":
-                    others.append(b" ".join(argv).decode(errors="replace").strip())
-                    break
-        if not others:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"another benchmark is still running ({others[0]}); "
-                             f"not measuring (use --no-wait to measure anyway)")
-        if time.monotonic() - said > 30:
-            log(f"waiting for another benchmark to finish: {others[0]}")
-            said = time.monotonic()
-        time.sleep(2)
 
 
 # -----------------------------------------------------------------------------
@@ -740,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not args.no_wait:
-        wait_for_other_benchmarks(1800)
+        wait_for_other_benchmarks("bench.vms", 1800)
     raise_fd_limit()
     started = time.perf_counter()
     runs, skipped = bench_modes(args)

@@ -10,8 +10,7 @@ import uuid
 
 from xapi import config as config_mod
 from xapi import tasks
-from xapi.context import Context, Runtime
-from xapi.errors import ApiError
+from xapi.context import Runtime
 
 from .celery_app import TASK_NAME, app
 

@@ -82,7 +82,6 @@ def test_journal_stays_in_order_when_a_catch_up_reads_newer_rows(two):
     """B changes one object twice; A catches up late: the re-read row already
     carries the later generation, yet A's journal is in generation order and
     an event.from at every token sees the change."""
-    from db.cache import ObjectCache  # noqa: F401  (the journal lives there)
     from xapi.events import Subscription, collect
 
     a, b = two
