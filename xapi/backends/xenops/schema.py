@@ -23,6 +23,7 @@ identity: build the value, ``decode`` it to check it, send it.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from typing import Any
 
 
@@ -30,11 +31,12 @@ class SchemaError(ValueError):
     """A wire value that does not have the expected shape."""
 
 
-class Type:
+class Type(ABC):
     name = "value"
 
+    @abstractmethod
     def decode(self, value: Any, path: str = "") -> Any:
-        raise NotImplementedError
+        """The value in canonical wire form, or SchemaError."""
 
     def _fail(self, value: Any, path: str, expected: str | None = None) -> SchemaError:
         where = f" at {path}" if path else ""
