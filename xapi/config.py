@@ -28,6 +28,7 @@ class Config(BaseModel):
     db_url: str | None = None  # default: SQLite file in state_dir
     redis_url: str | None = None  # unset: embedded, in-process executor
     host_name: str | None = None  # default: this machine's hostname
+    host_address: str | None = None  # what other hosts and clients use; default: the listen host
     worker_threads: int = 8
 
     auth_failure_delay: float = 5.0
@@ -56,6 +57,9 @@ class Config(BaseModel):
     storage_gc_interval: float = 30.0  # seconds between coalescing passes over the SRs
     local_storage: bool = True  # first boot makes a file SR (default SR) and an ISO library
 
+    host_heartbeat_interval: float = 30.0  # each host records that it is alive this often
+    host_assumed_dead_interval: float = 600.0  # silent this long: host_metrics.live = false
+
     max_rpc_size: int = 300 * 1024
     log_level: str = "INFO"
 
@@ -74,6 +78,23 @@ class Config(BaseModel):
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def advertised_address(self) -> str:
+        """host.address: the configured one, else the listen host, else this machine's."""
+        if self.host_address:
+            return self.host_address
+        host = self.listen_host
+        if host not in ("", "0.0.0.0", "::"):
+            return host
+        import socket
+
+        try:  # the address of the interface that routes outwards; no packet is sent
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("192.0.2.1", 9))
+                return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
     @property
     def database_url(self) -> str:

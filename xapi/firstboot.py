@@ -112,7 +112,7 @@ def run(rt: Runtime) -> None:
     cache = rt.cache
     uuid = host_uuid(rt.config.state_dir)
     hostname = rt.config.host_name or socket.gethostname()
-    address = rt.config.listen_host
+    address = rt.config.advertised_address
     major, minor = rt.model.api_version
     started = now()
     with rt.db.write() as tx:
@@ -134,8 +134,9 @@ def run(rt: Runtime) -> None:
         })
         tx.update("host_metrics", host["metrics"], {"live": True, "last_updated": started})
         pools = tx.refs_where("pool")
+        # A fresh database makes this host master of a new pool; in a pool's
+        # database the master is whoever pool.master names (xapi/pool/roles.py).
         pool_ref = pools[0] if pools else _create_pool(tx, host_ref)
-        tx.update("pool", pool_ref, {"master": host_ref})
         dom0s = tx.refs_where("VM", is_control_domain=True, resident_on=host_ref)
         dom0 = dom0s[0] if dom0s else _create_dom0(tx, host_ref, hostname, address)
         tx.update("host", host_ref, {"control_domain": dom0})
