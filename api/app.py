@@ -15,7 +15,7 @@ from aiohttp import web
 from xapi.context import Context, Runtime
 from xapi.errors import ApiError
 
-from . import jsonrpc, records, xmlrpc
+from . import jsonrpc, records, xenops_proxy, xmlrpc
 from .dispatch import Dispatcher
 from .xmlrpc import ProtocolError
 
@@ -160,6 +160,7 @@ def create_app(rt: Runtime, dispatcher: Dispatcher | None = None, local: bool = 
     app[RUNTIME] = rt
     app[DISPATCHER] = dispatcher or Dispatcher(rt)
     app[LOCAL] = local
+    app.router.add_route("POST", xenops_proxy.PREFIX + "{tail:.*}", xenops_proxy.handle)
     app.router.add_route("POST", "/{tail:.*}", handle_post)
     app.router.add_route("OPTIONS", "/{tail:.*}", handle_preflight)
     app.router.add_route("GET", "/{tail:.*}", handle_get)

@@ -20,7 +20,7 @@ from xapi.idl.model import Message
 from xapi.idl.types import NULL_REF
 from xapi.impl import Handler, load_all
 
-from . import implicit, records, xmlrpc
+from . import forward, implicit, records, xmlrpc
 from .params import ParamTypeError, coerce
 
 TASK_NAME = "xapi.run_call"  # workers.celery_app.TASK_NAME, without importing Celery here
@@ -50,6 +50,8 @@ class Dispatcher:
         self._jobs: set[asyncio.Task] = set()  # running Async calls
         self._celery_app = None
         self._resolved: dict[str, tuple[Route, bool]] = {}
+        if rt.config.redis_url:
+            forward.install(self)
 
     def resolve(self, method: str) -> tuple[Route | None, bool]:
         """The route for a wire name, and whether it was called as ``Async.``."""
@@ -91,6 +93,10 @@ class Dispatcher:
         typed = self._unmarshal(message, args)
         if message.session:
             ctx.session = await sessions.check(ctx, params[0])
+        if self.rt.config.redis_url:  # a pool: the call may belong to another host
+            done, value = await forward.forward(self, ctx, route, typed, method, is_async)
+            if done:
+                return value
         if is_async:
             if not message.async_:
                 raise ApiError("Fault", f"No async mode for this operation (rpc: {method})")
@@ -100,21 +106,22 @@ class Dispatcher:
             ctx.task = forwarded  # run under the caller's task; the caller completes it
         return await self.run(ctx, route, typed)
 
-    async def _start_async(self, ctx: Context, route: Route, args: list[Any], method: str) -> str:
+    async def _start_async(self, ctx: Context, route: Route, args: list[Any], method: str,
+                           host: str | None = None) -> str:
         """Create the task, answer with its ref at once, run the call in the background.
 
         Without ``redis_url`` the call runs in this process; with it, the call
-        goes to this host's Celery queue and a worker runs it.
+        goes to the Celery queue of ``host`` (default: this host) and a worker runs it.
         """
         loop = asyncio.get_running_loop()
         rt = self.rt
         parent = ctx.headers.get("subtask-of", NULL_REF)
-        queue = self._celery_queue()
-        owner = f"{self._host_uuid()}/queue" if queue else rt.process_id
+        queue = self._celery_queue(host)
+        owner = f"{self._host_uuid(host)}/queue" if queue else rt.process_id
         task = await loop.run_in_executor(
             rt.executor,
             lambda: tasks.create(rt, method, session=ctx.session or NULL_REF, owner=owner,
-                                 subtask_of=parent),
+                                 subtask_of=parent, resident_on=host),
         )
         if queue:
             args_xml = xmlrpc.encode(list(args))
@@ -162,15 +169,15 @@ class Dispatcher:
         with self.rt.db.write() as tx:
             tx.update_task_owner(task, self.rt.process_id)
 
-    def _celery_queue(self) -> str | None:
+    def _celery_queue(self, host: str | None = None) -> str | None:
         if not self.rt.config.redis_url:
             return None
         from workers.celery_app import queue_for
 
-        return queue_for(self._host_uuid())
+        return queue_for(self._host_uuid(host))
 
-    def _host_uuid(self) -> str:
-        return self.rt.cache.get("host", self.rt.host_ref).values["uuid"]
+    def _host_uuid(self, host: str | None = None) -> str:
+        return self.rt.cache.get("host", host or self.rt.host_ref).values["uuid"]
 
     def _celery(self):
         if self._celery_app is None:

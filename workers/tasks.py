@@ -44,6 +44,12 @@ def worker_runtime():
             rt.pool_ref = pools[0].ref if pools else rt.pool_ref
             rt.process_id = f"{host_uuid}/worker/{os.getpid()}/{uuid.uuid4().hex[:8]}"
             rt.extra["listener"] = ChangeListener(db, poll_interval=0.5).start(force=True)
+            from xapi.backends.storage.plugins import PluginRegistry
+            from xapi.storage.service import Storage
+
+            # Storage and VBD work forwarded to this host runs here: disks are
+            # activated through this host's plugins and its PBDs.
+            rt.storage = Storage(rt, PluginRegistry(cfg.storage_plugin_dir_list))
             if cfg.xenopsd_queue_list:
                 from xapi.domains.service import Domains
 

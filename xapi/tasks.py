@@ -35,8 +35,10 @@ def create(
     owner: str = "",
     subtask_of: str = NULL_REF,
     other_config: dict[str, str] | None = None,
+    resident_on: str | None = None,
 ) -> str:
-    """A pending task.  ``owner`` names the process that will run it ("" for client tasks)."""
+    """A pending task.  ``owner`` names the process that will run it ("" for client tasks);
+    ``resident_on`` the host that works on it (default: this one)."""
     ref = make_ref()
     with rt.db.write() as tx:
         tx.set_task_owner(ref, session, owner)
@@ -49,7 +51,7 @@ def create(
             "created": now(),
             "finished": EPOCH,
             "status": PENDING,
-            "resident_on": rt.host_ref,
+            "resident_on": resident_on or rt.host_ref,
             "progress": 0.0,
             "type": "<none/>",
             "result": "",

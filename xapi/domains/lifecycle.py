@@ -16,6 +16,7 @@ from xapi.context import Context
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
 
+from xapi.pool import placement
 from xapi.storage import datapath
 
 from . import metadata
@@ -117,32 +118,11 @@ def _activate_disks(ctx: Context, vm_ref: str, vm: dict[str, Any]) -> None:
 # -- checks before a start ---------------------------------------------------------------
 
 
-def host_free_memory(ctx: Context, host_ref: str) -> int:
-    """Memory not claimed by the VMs resident (or about to be) on the host."""
-    cache = ctx.rt.cache
-    host = cache.get("host", host_ref).values
-    metrics = cache.get("host_metrics", host["metrics"])
-    total = metrics.values["memory_total"] if metrics else 0
-    used = 0
-    for row in cache.rows("VM"):
-        v = row.values
-        if v["resident_on"] == host_ref or v["scheduled_to_be_resident_on"] == host_ref:
-            if v["power_state"] != "Halted" or v["scheduled_to_be_resident_on"] == host_ref:
-                used += v["memory_static_max"] + v["memory_overhead"]
-    return total - used
-
-
 def assert_can_boot(ctx: Context, vm_ref: str, vm: dict[str, Any], host_ref: str) -> None:
-    vcpus, vcpus_max = vm["VCPUs_at_startup"], vm["VCPUs_max"]
-    if vcpus < 1 or vcpus > vcpus_max:
-        raise ApiError("INVALID_VALUE", "VCPUs_at_startup", vcpus)
-    if not (vm["memory_static_min"] <= vm["memory_dynamic_min"] <= vm["memory_dynamic_max"]
-            <= vm["memory_static_max"]):
-        raise ApiError("MEMORY_CONSTRAINT_VIOLATION",
-                       "Memory limits must satisfy: static_min <= dynamic_min <= "
-                       "dynamic_max <= static_max")
-    needed = vm["memory_static_max"] + vm["memory_overhead"]
-    free = host_free_memory(ctx, host_ref)
+    """The VM's limits and the host's memory; the VM's own reservation is not counted."""
+    placement.validate_basic(vm)
+    needed = placement.memory_needed(vm)
+    free = placement.free_memory(ctx.rt, host_ref, exclude_vm=vm_ref)
     if needed > free:
         raise ApiError("HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
 
@@ -304,7 +284,9 @@ def resume(ctx: Context, vm_ref: str, paused: bool, force: bool) -> None:
 def pool_migrate(ctx: Context, vm_ref: str, host_ref: str, options: dict[str, str]) -> None:
     rt = ctx.rt
     if host_ref != rt.host_ref:
-        raise ApiError("NOT_IMPLEMENTED", "VM.pool_migrate to another host")
+        from .migration import migrate_to
+
+        return migrate_to(ctx, vm_ref, host_ref)
     domains = _domains(ctx)
     vm = _vm(ctx, vm_ref)
     queue = domains.queue_of(vm)

@@ -32,6 +32,17 @@ log = logging.getLogger("xapi.domains.watcher")
 POWER_STATES = {"Running": "Running", "Halted": "Halted", "Suspended": "Suspended", "Paused": "Paused"}
 
 
+def _ours(vm: dict, here: str) -> bool:
+    """Resident here, or being started here; a VM arriving by migration is not ours yet."""
+    resident = vm["resident_on"]
+    return resident == here or (resident == NULL_REF and vm["scheduled_to_be_resident_on"] == here)
+
+
+def _leaving(vm: dict, here: str) -> bool:
+    """Resident here and scheduled elsewhere: migrating away."""
+    return vm["resident_on"] == here and vm["scheduled_to_be_resident_on"] not in (here, NULL_REF)
+
+
 class QueueWatcher:
     def __init__(self, domains, queue: str):
         self.domains = domains
@@ -108,8 +119,7 @@ class QueueWatcher:
         if ref is None:
             return None
         values = self.rt.cache.get("VM", ref).values
-        here = self.rt.host_ref
-        if here not in (values["resident_on"], values["scheduled_to_be_resident_on"]):
+        if not _ours(values, self.rt.host_ref):
             return None  # not ours to write (xapi ignores VMs resident elsewhere)
         if self.domains.queue_of(values) != self.queue:
             return None
@@ -119,11 +129,13 @@ class QueueWatcher:
         found = self._local_vm(uuid)
         if found is None:
             return
-        ref, _ = found
+        ref, values = found
         try:
             _, state = self.client.vm_stat(uuid)
         except XenopsError:
             state = {"power_state": "Halted", "domids": []}
+        if state.get("power_state") == "Halted" and _leaving(values, self.rt.host_ref):
+            return  # handed to another host's xenopsd: a migration, not a halt
         self.write_vm_state(ref, state)
 
     def write_vm_state(self, ref: str, state: dict) -> None:
@@ -263,6 +275,9 @@ class QueueWatcher:
         for uuid, state in known.items():
             ref = cache.ref_by_uuid("VM", uuid)
             values = cache.get("VM", ref).values if ref else None
+            if values is not None and values["resident_on"] not in (here, NULL_REF) \
+                    and values["scheduled_to_be_resident_on"] == here:
+                continue  # arriving by migration: the source still owns it
             if values is None or values["resident_on"] not in (here, NULL_REF) \
                     or self.domains.queue_of(values) != self.queue:
                 self._destroy_unknown(uuid, state)
@@ -286,7 +301,8 @@ class QueueWatcher:
             values = row.values
             if values["resident_on"] != here and values["scheduled_to_be_resident_on"] != here:
                 continue
-            if values["is_control_domain"] or self.domains.queue_of(values) != self.queue:
+            if values["is_control_domain"] or self.domains.queue_of(values) != self.queue \
+                    or _leaving(values, here):
                 continue
             if values["uuid"] not in known and values["power_state"] != "Halted":
                 self.write_vm_state(row.ref, {"power_state": "Halted"})

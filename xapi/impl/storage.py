@@ -11,6 +11,7 @@ from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
 from xapi.refs import make_ref, make_uuid
 from xapi.storage import copy as vdi_copy
+from xapi.storage import shared as shared_srs
 from xapi.storage.service import Storage, api_error
 
 from . import implements
@@ -65,6 +66,7 @@ def sr_create(ctx: Context, host: str, device_config: dict, physical_size: int, 
     except StorageError as exc:
         raise api_error(exc) from None
     sr, pbd = make_ref(), make_ref()
+    pbd_config = config if isinstance(config, dict) else device_config
     with ctx.rt.db.write() as tx:
         tx.insert("SR", sr, {
             "uuid": uuid, "name_label": name_label, "name_description": name_description,
@@ -72,10 +74,17 @@ def sr_create(ctx: Context, host: str, device_config: dict, physical_size: int, 
             "sm_config": sm_config, "other_config": {}, "physical_size": physical_size,
         })
         tx.insert("PBD", pbd, {"uuid": make_uuid(), "host": host, "SR": sr,
-                               "device_config": config if isinstance(config, dict) else device_config,
+                               "device_config": pbd_config,
                                "currently_attached": False, "other_config": {}})
     operations.refresh_allowed(ctx.rt, "SR", sr)
     _plug(ctx, pbd)
+    if shared:  # every host of the pool gets a plugged PBD, or the SR is not made
+        try:
+            shared_srs.plug_on_other_hosts(ctx, sr, pbd_config)
+        except BaseException:
+            storage.detach(sr)
+            _forget_records(ctx, sr)
+            raise
     return sr
 
 

@@ -1,4 +1,5 @@
-"""First boot's storage: a local file SR as the pool's default SR, and an ISO library."""
+"""First boot's storage: a local file SR per host (the first is the pool's default SR),
+an ISO library, and a PBD on this host for every shared SR."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ ISO_NAME = "ISO library"
 def run(rt: Runtime) -> None:
     from xapi.impl.storage import sr_create
 
-    if not rt.config.local_storage or rt.storage is None:
+    if rt.storage is None:
+        return
+    from .shared import join_shared_srs
+
+    join_shared_srs(rt)
+    if not rt.config.local_storage:
         return
     ctx = Context(rt=rt, method="firstboot")
     types = {row.values["type"] for row in rt.cache.rows("SR")}
     base = os.path.join(os.path.abspath(rt.config.state_dir), "sr")
-    if "file" not in types:
+    if not _has_local_file_sr(rt):  # in a pool every host has local storage of its own
         sr = sr_create(ctx, rt.host_ref, {"path": os.path.join(base, "local")}, 0, LOCAL_NAME, "",
                        "file", "user", False, {})
         pool = rt.cache.get("pool", rt.pool_ref).values
@@ -34,3 +40,14 @@ def run(rt: Runtime) -> None:
         location = os.path.join(base, "iso")
         os.makedirs(location, exist_ok=True)
         sr_create(ctx, rt.host_ref, {"location": location}, 0, ISO_NAME, "", "iso", "iso", False, {})
+
+
+def _has_local_file_sr(rt: Runtime) -> bool:
+    """A non-shared file SR with a PBD on this host."""
+    for pbd in rt.cache.rows("PBD"):
+        if pbd.values["host"] != rt.host_ref:
+            continue
+        sr = rt.cache.get("SR", pbd.values["SR"])
+        if sr is not None and sr.values["type"] == "file" and not sr.values["shared"]:
+            return True
+    return False

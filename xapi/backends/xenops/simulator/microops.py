@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from xapi.backends.xenops import protocol as P
+from xapi.backends.xenops.simulator import migration
 from xapi.backends.xenops.simulator.faults import Faults
 from xapi.backends.xenops.simulator.hypervisor import Hypervisor
 from xapi.backends.xenops.simulator.objects import Objects
@@ -170,9 +171,12 @@ class MicroOps:
         self.hv.set_memory_dynamic_range(op.vm, *op.args)
         self.objects.signal_vm(op.vm)
 
-    async def _op_VM_migrate(self, task, op):  # args: url; a move within this simulator
+    async def _op_VM_migrate(self, task, op):  # args: url; none: a move within this simulator
         await self.pause(op)
         self._require_live(op.vm)
+        if op.args and op.args[0]:
+            task.prohibit_cancellation()  # the domain is being handed over
+            await migration.send(self.objects, op.vm, op.args[0], task.dbg)
 
     # ------------------------------------------------------------ VBD
 

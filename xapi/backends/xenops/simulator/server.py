@@ -7,6 +7,7 @@ the body's own encoding.  A body that is neither is answered ``400``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from xapi.backends.xenops import protocol as P
+from xapi.backends.xenops.simulator import migration
 from xapi.backends.xenops.simulator.faults import Faults
 from xapi.backends.xenops.simulator.hypervisor import ONE_TIB_MIB, Hypervisor
 from xapi.backends.xenops.simulator.microops import NAMES, MicroOps
@@ -23,7 +25,7 @@ from xapi.backends.xenops.simulator.oplog import OpLog
 from xapi.backends.xenops.simulator.queues import VmQueues
 from xapi.backends.xenops.simulator.rpc import Service
 from xapi.backends.xenops.simulator.store import Store
-from xapi.backends.xenops.simulator.tasks import TaskTable
+from xapi.backends.xenops.simulator.tasks import TaskTable, XenopsFailure
 from xapi.backends.xenops.simulator.updates import Updates
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,20 @@ def make_app(service: Service) -> web.Application:
         return web.Response(body=P.encode_reply(encoding, ok, value, call_id),
                             content_type=P.CONTENT_TYPES[encoding])
 
+    async def receive_memory(request: web.Request) -> web.Response:
+        """The receiving half of a migration (see migration.py): a JSON-RPC reply."""
+        try:
+            domain = json.loads(await request.read())
+            migration.receive(service.objects, request.match_info["vm"], domain)
+            body = P.encode_reply(P.JSON, True, None, None)
+        except ValueError as exc:
+            body = P.encode_reply(P.JSON, False, P.error("Internal_error", str(exc)), None)
+        except XenopsFailure as exc:
+            body = P.encode_reply(P.JSON, False, exc.error, None)
+        return web.Response(body=body, content_type=P.CONTENT_TYPES[P.JSON])
+
     app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post("/memory/{vm}", receive_memory)
     app.router.add_post("/{tail:.*}", handle)
     return app
 
