@@ -128,7 +128,8 @@ class Service:
 
     def m_VM_migrate(self, dbg, id, vdi_map, vif_map, pci_map, xenops_url, compress, verify_dest,
                      localhost_migration):
-        return self._queue(dbg, id, ("VM_migrate", id, xenops_url))
+        # A move within this simulator needs no transfer; otherwise the domain goes to the URL.
+        return self._queue(dbg, id, ("VM_migrate", id, "" if localhost_migration else xenops_url))
 
     def m_VM_create(self, dbg, id):
         return self._atomic(dbg, id, "VM_create")
