@@ -23,6 +23,7 @@ from xapi.domains.service import Domains
 from xapi.storage import firstboot as storage_firstboot
 from xapi.storage.service import Storage
 from xapi.events import EventHub
+from xapi.pool import liveness
 
 from workers import gc as db_gc
 from workers import storage_gc
@@ -46,6 +47,7 @@ def open_runtime(config: Config) -> Runtime:
     firstboot.run(rt)
     host_uuid = rt.cache.get("host", rt.host_ref).values["uuid"]
     rt.process_id = f"{host_uuid}/server/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    liveness.beat(rt)  # first boot said live; the beat keeps the master from judging otherwise
     failed = tasks.fail_orphans(rt, alive={rt.process_id})
     if failed:
         log.warning("failed %d tasks left pending by a previous run", failed)
@@ -153,6 +155,17 @@ async def _heartbeat_loop(rt: Runtime) -> None:
             log.exception("pool heartbeat failed")
 
 
+async def _host_heartbeat_loop(rt: Runtime) -> None:
+    """This host's liveness heartbeat (xapi's Host.tickle_heartbeat), master or member."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(rt.config.host_heartbeat_interval)
+        try:
+            await loop.run_in_executor(rt.executor, liveness.beat, rt)
+        except Exception:
+            log.exception("host heartbeat failed")
+
+
 async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     rt = await loop.run_in_executor(None, open_runtime, config)
@@ -181,7 +194,8 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
              f" and {socket_path}" if socket_path else "")
     background = [asyncio.create_task(_gc_loop(rt)), asyncio.create_task(_heartbeat_loop(rt)),
                   asyncio.create_task(_simulator_keeper(rt)),
-                  asyncio.create_task(storage_gc.loop(rt))]  # VHD coalescing, workers/storage_gc.py
+                  asyncio.create_task(storage_gc.loop(rt)),  # VHD coalescing, workers/storage_gc.py
+                  asyncio.create_task(_host_heartbeat_loop(rt))]
     if ready is not None:
         ready.set()
     try:
@@ -191,4 +205,8 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
             job.cancel()
         for runner in runners:
             await runner.cleanup()
+        try:
+            liveness.shutting_down(rt)  # a clean stop: this host is dead at once
+        except Exception:
+            log.exception("could not mark this host as shutting down")
         close_runtime(rt)

@@ -119,6 +119,19 @@ def build_metadata(m: Model) -> MetaData:
         Column("session", String(64), nullable=False),
         Column("owner", String(255), nullable=False),
     )
+    # Host heartbeats (xapi's Host.tickle_heartbeat), kept out of the object
+    # tables so that a beat makes no event and bumps no generation.  ``beats``
+    # counts them: the master times the gaps between changes on its own clock,
+    # as xapi's master times arrivals, so host clocks need not agree.
+    # ``time`` is the host's own clock at its last beat (for skew, not judgement).
+    Table(
+        "xapi_host_heartbeat",
+        md,
+        Column("host", String(64), primary_key=True),
+        Column("beats", BigInteger, nullable=False),
+        Column("time", UTCDateTime, nullable=False),
+        Column("shutting_down", Boolean, nullable=False),
+    )
     # Local accounts (only root today); hashes only, never clear text.
     Table(
         "xapi_auth",

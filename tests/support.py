@@ -108,10 +108,11 @@ class LiveServer:
     port: int
     db_url: str | None
     log_path: str
+    host: str = "127.0.0.1"  # what it listens on (pool members: 127.0.0.2, 127.0.0.3, …)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def socket_path(self) -> str:
@@ -168,8 +169,11 @@ def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_server(db_url: str | None = None, state_dir: str | None = None, **settings) -> LiveServer:
-    """Run ``xapi serve`` in a child process and wait until it answers."""
+def start_server(db_url: str | None = None, state_dir: str | None = None,
+                 listen_host: str = "127.0.0.1", **settings) -> LiveServer:
+    """Run ``xapi serve`` in a child process and wait until it answers.
+
+    Hosts of one pool on one machine listen on 127.0.0.x with the same port."""
     # No '_' in the path: XenAPI's UDSTransport maps '_' to '/' in socket paths.
     state_dir = state_dir or os.path.join(tempfile.gettempdir(), f"xapi-test-{uuid.uuid4().hex}")
     os.makedirs(state_dir, exist_ok=True)
@@ -177,7 +181,7 @@ def start_server(db_url: str | None = None, state_dir: str | None = None, **sett
     env = dict(os.environ)
     env.update({
         "XAPI_STATE_DIR": state_dir,
-        "XAPI_LISTEN": f"127.0.0.1:{port}",
+        "XAPI_LISTEN": f"{listen_host}:{port}",
         "XAPI_ROOT_PASSWORD": ROOT_PASSWORD,
         "XAPI_AUTH_FAILURE_DELAY": "0.2",
         "XAPI_LOG_LEVEL": "INFO",
@@ -193,13 +197,13 @@ def start_server(db_url: str | None = None, state_dir: str | None = None, **sett
         [sys.executable, "-m", "api.cli", "serve"], cwd=REPO, env=env,
         stdout=log, stderr=subprocess.STDOUT,
     )
-    server = LiveServer(proc, state_dir, port, db_url, log_path)
+    server = LiveServer(proc, state_dir, port, db_url, log_path, listen_host)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((listen_host, port), timeout=0.5):
                 return server
         except OSError:
             time.sleep(0.1)

@@ -10,7 +10,9 @@ One pass:
 - beyond ``max_tasks``, the oldest completed tasks are destroyed;
 - sessions idle for longer than ``inactive_session_timeout`` and without
   pending tasks are destroyed;
-- pending tasks of a worker process of this host that died are failed.
+- pending tasks of a worker process of this host that died are failed;
+- on the master only, host liveness: ``host_metrics.live`` from the hosts'
+  heartbeats (xapi's check_host_liveness, ``xapi/pool/liveness.py``).
 
 All limits come from the configuration (``etc/xapi.conf``).
 """
@@ -23,6 +25,7 @@ from datetime import timedelta
 
 from xapi import tasks
 from xapi.context import Runtime, now
+from xapi.pool import liveness
 
 log = logging.getLogger("xapi.gc")
 
@@ -32,6 +35,7 @@ class GcState:
     """What one pass remembers for the next: the progress of old pending tasks."""
 
     pending_progress: dict[str, float] = field(default_factory=dict)
+    judge: liveness.Judge = field(default_factory=liveness.Judge)  # host liveness
 
 
 @dataclass
@@ -41,11 +45,16 @@ class GcReport:
     excess: int = 0
     sessions: int = 0
     orphans: int = 0
+    live_changed: dict[str, bool] = field(default_factory=dict)
 
 
 def run_pass(rt: Runtime, state: GcState) -> GcReport:
     cfg = rt.config
     report = GcReport()
+    try:
+        report.live_changed = liveness.check(rt, state.judge)
+    except Exception:  # the task and session GC below must not depend on it
+        log.exception("host liveness check failed")
     report.orphans = tasks.fail_dead_local_workers(rt)
     current = now()
     rows = rt.cache.rows("task")

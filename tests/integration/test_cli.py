@@ -22,12 +22,12 @@ def run_cli(args, db_url, state_dir, stdin=""):
 def test_db_upgrade_and_passwd(fresh_db_url, tmp_path):
     out = run_cli(["db", "upgrade"], fresh_db_url, tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "0002" in out.stdout
+    assert "0003" in out.stdout
     out = run_cli(["passwd"], fresh_db_url, tmp_path, stdin="s3cret pass\n")
     assert out.returncode == 0, out.stderr
     db = Database(fresh_db_url)
     try:
-        assert current(db.engine) == "0002"
+        assert current(db.engine) == "0003"
         stored = db.get_password_hash("root")
         assert stored.startswith("scrypt$") and "s3cret" not in stored
         assert verify_password("s3cret pass", stored)

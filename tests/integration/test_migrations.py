@@ -26,7 +26,7 @@ def test_upgrade_from_empty_and_is_idempotent(fresh_db_url):
     engine = create_engine(fresh_db_url)
     assert migrate.current(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current(engine) == "0002"
+    assert migrate.current(engine) == "0003"
     migrate.upgrade(engine)  # nothing left to do
     tables = set(inspect(engine).get_table_names())
     assert {"vm", "vbd", "session", "pool", "xapi_generation", "xapi_changes"} <= tables

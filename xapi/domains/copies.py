@@ -276,12 +276,56 @@ def provision(ctx: Context, vm_ref: str) -> None:
 
 
 def power_state_reset(ctx: Context, vm_ref: str) -> None:
-    """Declare the VM halted without asking xenopsd (for a VM on a dead host)."""
-    with ctx.rt.db.write() as tx:
-        tx.update("VM", vm_ref, {"power_state": "Halted", "resident_on": NULL_REF, "domid": -1,
-                                 "scheduled_to_be_resident_on": NULL_REF})
-        for cls in ("VBD", "VIF"):
-            for dev in tx.refs_where(cls, VM=vm_ref, currently_attached=True):
-                tx.update(cls, dev, {"currently_attached": False})
-    operations.refresh_allowed(ctx.rt, "VM", vm_ref)
+    """xapi's VM.power_state_reset: declare the VM halted without xenopsd's say-so.
 
+    Meant for VMs of a host that died.  Refused for control domains; for a
+    running or paused VM, refused while xenopsd here still runs it
+    (DOMAIN_EXISTS) or while the host it is resident on is alive (HOST_IS_LIVE:
+    that host manages the VM).  Not an operation on the VM (no
+    current_operations entry): it clears whatever a dead host left there.
+    """
+    from xapi.pool import liveness
+
+    rt = ctx.rt
+    row = rt.cache.get("VM", vm_ref)
+    if row is None:
+        raise ApiError("HANDLE_INVALID", "VM", vm_ref)
+    vm = row.values
+    if vm["is_control_domain"]:
+        raise ApiError("CANNOT_RESET_CONTROL_DOMAIN", vm_ref)
+    resident = vm["resident_on"]
+    if vm["power_state"] in ("Running", "Paused"):
+        if resident == rt.host_ref:
+            if _xenopsd_runs(rt, vm):
+                raise ApiError("DOMAIN_EXISTS", vm_ref)
+        elif resident != NULL_REF and liveness.is_host_alive(rt, resident):
+            raise ApiError("HOST_IS_LIVE", resident)
+    with rt.db.write() as tx:
+        tx.update("VM", vm_ref, {"power_state": "Halted", "resident_on": NULL_REF, "domid": -1,
+                                 "scheduled_to_be_resident_on": NULL_REF,
+                                 "requires_reboot": False, "current_operations": {}})
+        for cls in ("VBD", "VIF"):
+            for dev in tx.refs_where(cls, VM=vm_ref):
+                changes = {"current_operations": {}}
+                if tx.get(cls, dev)["currently_attached"]:
+                    changes["currently_attached"] = False
+                tx.update(cls, dev, changes)
+    operations.refresh_vm_and_devices(rt, vm_ref)
+
+
+def _xenopsd_runs(rt, vm: dict) -> bool:
+    """Whether this host's xenopsd runs the VM; forgets its metadata when it does not."""
+    if rt.domains is None:
+        return False
+    client = rt.domains.client_of(vm)
+    try:
+        _, state = client.vm_stat(vm["uuid"])
+    except Exception:  # unknown to xenopsd, or xenopsd away: not running here
+        return False
+    if state.get("power_state") == "Running":
+        return True
+    try:
+        client.vm_remove(vm["uuid"])
+    except Exception:
+        pass
+    return False
