@@ -7,6 +7,10 @@ Operations a plugin's ``Plugin.Query`` features do not list are skipped.
 Data goes through the datapath's attach result: a ``vhd+file`` path is opened
 with ``vhd.open``, a ``file`` path read as raw bytes.
 
+Every test runs twice: with the project's Python scripts started by the
+registry's fork server (``launcher.py``, as the server runs them) and as
+plain processes.
+
 Then come the file SR's snapshot tree as the GC sees it (``SR.tree``), its
 recovery of interrupted snapshots, and the registry's handling of broken
 plugins.
@@ -70,9 +74,14 @@ IMPLS = {
 }
 
 
-@pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry([DEFAULT_PLUGIN_DIR], timeout=30)
+@pytest.fixture(scope="module", params=["fork-server", "exec"])
+def registry(request) -> Iterator[PluginRegistry]:
+    """The plugins as the server runs them (the project's Python scripts
+    through the launcher's fork server) and as plain executables."""
+    registry = PluginRegistry([DEFAULT_PLUGIN_DIR], timeout=30,
+                              preload=request.param == "fork-server")
+    yield registry
+    registry.close()
 
 
 @pytest.fixture(params=sorted(IMPLS))

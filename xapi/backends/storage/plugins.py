@@ -13,7 +13,11 @@ result from stdout.  A non-zero exit must print
 ``{"code": ..., "params": [...], "backtrace": {...}}``; anything else is
 reported as ``SCRIPT_FAILED``.  Python scripts are run with this process's
 interpreter and with the project on ``PYTHONPATH``, so they import the
-project's modules from the same virtualenv.
+project's modules from the same virtualenv.  The project's own Python
+scripts (those under ``DEFAULT_PLUGIN_DIR``) are run without ``site`` and,
+unless the registry is made with ``preload=False``, by a fork server that
+has imported their modules once (``launcher.py``): still one process per
+call running the same executable file, without the interpreter start-up.
 
 Server side (thread-safe; each call is one short-lived process)::
 
@@ -147,6 +151,11 @@ def _is_python_script(path: str) -> bool:
     return first.startswith(b"#!") and b"python" in first
 
 
+def _is_builtin(directory: str) -> bool:
+    real = os.path.realpath(directory)
+    return real == DEFAULT_PLUGIN_DIR or real.startswith(DEFAULT_PLUGIN_DIR + os.sep)
+
+
 def _tail(text: str) -> str:
     return text[-STDERR_TAIL:].strip()
 
@@ -155,12 +164,17 @@ class Plugin:
     """One plugin directory: ``kind`` is ``volume`` or ``datapath``, ``name``
     the queue name or URI scheme."""
 
-    def __init__(self, kind: str, name: str, directory: str, *, timeout: float, env: Mapping[str, str]):
+    def __init__(self, kind: str, name: str, directory: str, *, timeout: float, env: Mapping[str, str],
+                 launcher: Any = None):
         self.kind = kind
         self.name = name
         self.directory = directory
         self.timeout = timeout
         self._env = dict(env)
+        # the project's own plugins: Python scripts run without site, through
+        # the registry's fork server when it has one (launcher.py)
+        self._builtin = _is_builtin(directory)
+        self._launcher = launcher if self._builtin else None
         self._names: dict[str, str] = {}
         self._query: dict | None = None
         self._lock = threading.Lock()
@@ -214,19 +228,59 @@ class Plugin:
         return self.call_with(method, params)
 
     def call_with(self, method: str, params: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        import signal
-        import subprocess
-
         path = self.script(method)
         values = dict(params)
         values.setdefault("dbg", f"xapi-server/{uuidlib.uuid4().hex[:12]}")
-        argv = [sys.executable, path, "--json"] if _is_python_script(path) else [path, "--json"]
         limit = self.timeout if timeout is None else timeout
+        returncode, stdout, stderr = self._run(method, path, json.dumps(values) + "\n", limit)
+        if returncode < 0:
+            raise StorageError("SCRIPT_FAILED",
+                               [method, f"killed by signal {-returncode}", _tail(stderr)])
+        if returncode != 0:
+            raise _error_from_output(method, returncode, stdout, stderr)
+        try:
+            return json.loads(stdout)
+        except ValueError:
+            raise StorageError("SCRIPT_FAILED",
+                               [method, f"bad JSON on stdout: {stdout[:200]!r}", _tail(stderr)]) from None
+
+    def _run(self, method: str, path: str, payload: str, limit: float) -> tuple[int, str, str]:
+        """Run the executable with ``payload`` on stdin: (status, stdout, stderr)."""
+        python = _is_python_script(path)
+        if python and self._launcher is not None:
+            from .launcher import Unavailable
+
+            try:
+                code, out, err, timed_out = self._launcher.run(path, [path, "--json"],
+                                                               payload.encode(), limit)
+            except Unavailable:
+                pass              # not started: run it as a process of its own
+            else:
+                stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+                if timed_out:
+                    raise StorageError("SCRIPT_FAILED",
+                                       [method, f"timed out after {limit:g} s", _tail(stderr)])
+                if code is None:
+                    raise StorageError("SCRIPT_FAILED",
+                                       [method, "the plugin launcher died", _tail(stderr)])
+                return code, stdout, stderr
+        return self._exec(method, path, payload, limit, python)
+
+    def _exec(self, method: str, path: str, payload: str, limit: float,
+              python: bool) -> tuple[int, str, str]:
+        import signal
+        import subprocess
+
+        if python:
+            # -S: the project's plugins need only the stdlib and PYTHONPATH
+            argv = [sys.executable, *(["-S"] if self._builtin else []), path, "--json"]
+        else:
+            argv = [path, "--json"]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=self._env, cwd="/",
                                 start_new_session=True, text=True)
         try:
-            stdout, stderr = proc.communicate(json.dumps(values) + "\n", timeout=limit)
+            stdout, stderr = proc.communicate(payload, timeout=limit)
         except subprocess.TimeoutExpired:
             # the whole session: a plugin's own children must not outlive it
             try:
@@ -235,16 +289,7 @@ class Plugin:
                 pass
             _, stderr = proc.communicate()
             raise StorageError("SCRIPT_FAILED", [method, f"timed out after {limit:g} s", _tail(stderr)])
-        if proc.returncode < 0:
-            raise StorageError("SCRIPT_FAILED",
-                               [method, f"killed by signal {-proc.returncode}", _tail(stderr)])
-        if proc.returncode != 0:
-            raise _error_from_output(method, proc.returncode, stdout, stderr)
-        try:
-            return json.loads(stdout)
-        except ValueError:
-            raise StorageError("SCRIPT_FAILED",
-                               [method, f"bad JSON on stdout: {stdout[:200]!r}", _tail(stderr)]) from None
+        return proc.returncode, stdout, stderr
 
     def query(self) -> dict:
         """The plugin's ``Plugin.Query`` record (asked once, then cached)."""
@@ -276,7 +321,8 @@ class PluginRegistry:
     the first wins.  Directories are rescanned when a name is not found."""
 
     def __init__(self, plugin_dirs: Iterable[str] | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None):
+                 timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None,
+                 preload: bool = True):
         self.plugin_dirs = [os.path.abspath(d) for d in (plugin_dirs or [DEFAULT_PLUGIN_DIR])]
         self.timeout = timeout
         base = dict(os.environ if env is None else env)
@@ -285,6 +331,11 @@ class PluginRegistry:
         old = base.get("PYTHONPATH")
         base["PYTHONPATH"] = os.pathsep.join(extra + ([old] if old else []))
         self._env = base
+        self.launcher = None
+        if preload:
+            from .launcher import Launcher
+
+            self.launcher = Launcher(base)     # started on the first call that needs it
         self._plugins: dict[tuple[str, str], Plugin] = {}
         self._lock = threading.Lock()
         self.rescan()
@@ -306,8 +357,8 @@ class PluginRegistry:
                     if old is not None and old.directory == directory:
                         found[(kind, name)] = old      # keep its cached query
                     else:
-                        found[(kind, name)] = Plugin(kind, name, directory,
-                                                     timeout=self.timeout, env=self._env)
+                        found[(kind, name)] = Plugin(kind, name, directory, timeout=self.timeout,
+                                                     env=self._env, launcher=self.launcher)
         with self._lock:
             self._plugins = found
 
@@ -350,6 +401,11 @@ class PluginRegistry:
 
     def query(self, sr_type: str) -> dict:
         return self.volume(sr_type).query()
+
+    def close(self) -> None:
+        """Stop the launcher (it also stops by itself when this process exits)."""
+        if self.launcher is not None:
+            self.launcher.close()
 
 
 def _sr_type(queue: str) -> str:
