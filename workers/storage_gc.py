@@ -607,7 +607,7 @@ def refresh_vdis(rt: Runtime, sr_ref: str) -> None:
     then the SR's sizes.  Existing records only (see the module docstring)."""
     storage = rt.storage
     volumes = {v["key"]: v for v in storage.call(sr_ref, "SR.ls")}
-    parents = storage.vhd_parents(sr_ref)
+    parents = storage.parents_for(sr_ref, volumes.values())
     with rt.db.write() as tx:
         for ref in tx.refs_where("VDI", SR=sr_ref):
             current = tx.get("VDI", ref)

@@ -9,6 +9,7 @@ from xapi.backends.storage.plugins import StorageError
 from xapi.context import Context, now
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
+from xapi.ops import policy_for
 from xapi.refs import make_ref, make_uuid
 from xapi.storage import copy as vdi_copy
 from xapi.storage import shared as shared_srs
@@ -217,19 +218,47 @@ def pbd_unplug(ctx: Context, pbd: str):
 # -- VDI --------------------------------------------------------------------------------
 
 
-def _new_vdi(ctx: Context, sr: str, volume: dict, extra: dict) -> str:
+def _new_vdi(ctx: Context, sr: str, volume: dict, extra: dict,
+             source: tuple[str, dict] | None = None) -> str:
+    """The VDI record of a new volume, written with the SR's new sizes (and
+    ``source``'s refreshed volume: a snapshot's origin) in one transaction."""
     storage = _storage(ctx)
     ref = make_ref()
-    fields = storage.vdi_fields(volume, storage.vhd_parents(sr))
+    volumes = [volume] + ([source[1]] if source else [])
+    parents = storage.parents_for(sr, volumes)
+    fields = storage.vdi_fields(volume, parents)
     uuid = volume.get("uuid") or make_uuid()
     if ctx.rt.cache.ref_by_uuid("VDI", uuid) is not None:
         uuid = make_uuid()
+    figures = storage.sr_figures(sr)
     with ctx.rt.db.write() as tx:
         tx.insert("VDI", ref, {"type": "user", "other_config": {}, "xenstore_data": {},
                                **fields, **extra, "uuid": uuid, "SR": sr})
-    operations.refresh_allowed(ctx.rt, "VDI", ref)
-    storage.refresh_sr(sr)
+        _set_allowed(ctx, tx, "VDI", ref)
+        if source is not None:
+            _update_vdi(tx, source[0], storage.vdi_fields(source[1], parents))
+        tx.update("SR", sr, figures)
     return ref
+
+
+def _set_allowed(ctx: Context, tx, cls: str, ref: str) -> None:
+    """``operations.refresh_allowed`` within the caller's transaction."""
+    policy = policy_for(ctx.rt.model, cls)
+    values = policy.with_context(tx, tx.get(cls, ref))
+    tx.update(cls, ref, {"allowed_operations": policy.allowed(ref, values)})
+
+
+def _update_vdi(tx, vdi: str, fields: dict) -> None:
+    """A VDI's fields from its volume, keeping what the volume does not say."""
+    current = tx.get("VDI", vdi)
+    if current is None:
+        return
+    keep = {k: v for k, v in current["sm_config"].items() if k != "vhd-parent"}
+    fields["sm_config"] = {**keep, **fields["sm_config"]}
+    fields.pop("read_only", None)  # XenAPI's flag; a snapshot stays read-only
+    changes = {k: v for k, v in fields.items() if current.get(k) != v}
+    if changes:
+        tx.update("VDI", vdi, changes)
 
 
 def _volume_call(ctx: Context, sr: str, method: str, requested: int = 0, **params) -> Any:
@@ -305,9 +334,9 @@ def _child(ctx: Context, vdi: str, method: str, op: str, snapshot: bool) -> str:
                  "xenstore_data": dict(source["xenstore_data"])}
         if snapshot:
             extra.update(is_a_snapshot=True, snapshot_of=vdi, snapshot_time=now(), read_only=True)
-        child = _new_vdi(ctx, sr, volume, extra)
-        _refresh_vdi(ctx, vdi)  # its VHD parent changed
-        return child
+        # the source's VHD parent and size changed too
+        return _new_vdi(ctx, sr, volume, extra,
+                        source=(vdi, storage.call(sr, "Volume.stat", key=key)))
 
     return _vdi_op(ctx, vdi, op, make)
 
@@ -334,15 +363,9 @@ def _refresh_vdi(ctx: Context, vdi: str) -> None:
     storage = _storage(ctx)
     sr, key = storage.volume_of(vdi)
     volume = storage.call(sr, "Volume.stat", key=key)
-    fields = storage.vdi_fields(volume, storage.vhd_parents(sr))
+    fields = storage.vdi_fields(volume, storage.parents_for(sr, [volume]))
     with ctx.rt.db.write() as tx:
-        current = tx.get("VDI", vdi)
-        if current is None:
-            return
-        keep = {k: v for k, v in current["sm_config"].items() if k != "vhd-parent"}
-        fields["sm_config"] = {**keep, **fields["sm_config"]}
-        fields.pop("read_only", None)  # XenAPI's flag; a snapshot stays read-only
-        tx.update("VDI", vdi, {k: v for k, v in fields.items() if current.get(k) != v})
+        _update_vdi(tx, vdi, fields)
 
 
 @implements("VDI.update")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from xapi.backends.storage.plugins import Plugin, PluginRegistry, StorageError
 from xapi.context import Runtime
@@ -144,7 +144,8 @@ class Storage:
         keys = volume.get("keys") or {}
         if "vdi_type" in keys:
             sm_config["vdi_type"] = keys["vdi_type"]
-        parent = (parents or {}).get(volume["key"])
+        # the file plugin's volumes name their parent; others need SR.tree
+        parent = volume["parent"] if "parent" in volume else (parents or {}).get(volume["key"])
         if parent:
             sm_config["vhd-parent"] = parent
         return {
@@ -172,8 +173,20 @@ class Storage:
             return {}
         return {n["key"]: n["parent"] for n in tree.get("nodes", []) if n.get("parent")}
 
+    def parents_for(self, sr_ref: str, volumes: Iterable[dict[str, Any]]) -> dict[str, str]:
+        """``vhd_parents`` unless every volume record names its parent itself."""
+        if all("parent" in v for v in volumes):
+            return {}
+        return self.vhd_parents(sr_ref)
+
     def refresh_sr(self, sr_ref: str) -> None:
         """SR sizes from ``SR.stat`` (xapi's SR.update)."""
+        values = self.sr_figures(sr_ref)
+        with self.rt.db.write() as tx:
+            tx.update("SR", sr_ref, values)
+
+    def sr_figures(self, sr_ref: str) -> dict[str, Any]:
+        """The SR fields ``SR.stat`` determines (to write in the caller's transaction)."""
         stat = self.call(sr_ref, "SR.stat")
         total = int(stat.get("total_space", 0))
         free = int(stat.get("free_space", 0))
@@ -184,13 +197,12 @@ class Storage:
         }
         if "virtual_allocation" in stat:
             values["virtual_allocation"] = int(stat["virtual_allocation"])
-        with self.rt.db.write() as tx:
-            tx.update("SR", sr_ref, values)
+        return values
 
     def scan(self, sr_ref: str) -> None:
         """SR.scan: VDI records made, updated and removed to match ``SR.ls``."""
         volumes = {v["key"]: v for v in self.call(sr_ref, "SR.ls")}
-        parents = self.vhd_parents(sr_ref)
+        parents = self.parents_for(sr_ref, volumes.values())
         cache = self.rt.cache
         with self.rt.db.write() as tx:
             known = {}

@@ -386,6 +386,7 @@ class Vhd:
         self.path = os.path.abspath(path)
         self.writable = writable
         self._fd = -1
+        self._dirty = False          # written since opened or flushed: close() syncs
         self._parent: Vhd | None = None
         self._bitmaps: OrderedDict[int, bytearray] = OrderedDict()
         flags = (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
@@ -766,6 +767,7 @@ class Vhd:
         self._write_sectors(first, view)
 
     def _write_sectors(self, sector: int, data: memoryview) -> None:
+        self._dirty = True
         count = len(data) // SECTOR
         spb = self._spb
         pos = 0
@@ -801,6 +803,7 @@ class Vhd:
         at = self._end
         if (at + nbytes) // SECTOR > MAX_FILE_SECTOR:
             raise self._err("VHD file would exceed 2 TiB")
+        self._dirty = True
         # drop the old trailing footer and any stale tail so the new area
         # starts as a hole (reads as zeros)
         _ftruncate(self._fd, at)
@@ -823,6 +826,7 @@ class Vhd:
             self._bitmaps.popitem(last=False)
 
     def _write_footer(self, copy: bool = True) -> None:
+        self._dirty = True
         raw = self._footer.pack()
         if copy:
             _pwrite(self._fd, raw, 0)
@@ -832,6 +836,7 @@ class Vhd:
         self.needs_repair = False
 
     def _write_header(self) -> None:
+        self._dirty = True
         _pwrite(self._fd, self._header.pack(), self._footer.data_offset)
 
     # -- metadata changes ------------------------------------------------------
@@ -959,6 +964,7 @@ class Vhd:
         self._check_open()
         if self.writable:
             os.fsync(self._fd)
+            self._dirty = False
 
     def close(self) -> None:
         if self._parent is not None:
@@ -967,7 +973,7 @@ class Vhd:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             try:
-                if self.writable:
+                if self.writable and self._dirty:
                     os.fsync(fd)
             finally:
                 os.close(fd)

@@ -27,7 +27,9 @@ Directory layout::
 New volumes are dynamic VHDs, sized up to whole 2 MiB blocks as sm does.
 A VHD's hidden flag (footer) says whether it is a volume (visible, listed by
 ``SR.ls``) or an interior node of a snapshot tree; parents are read from the
-VHD headers, never stored twice.
+VHD headers, never stored twice.  Volume records (``SR.ls``, ``Volume.stat``,
+``Volume.create/snapshot/clone``) carry one field the IDL's volume has not:
+``parent``, the key of the VHD parent (hidden or not) or null.
 
 Snapshot and clone (sm's FileSR "double" snapshot) of leaf ``L``:
 
@@ -38,6 +40,8 @@ Snapshot and clone (sm's FileSR "double" snapshot) of leaf ``L``:
 2. ``B`` is marked hidden (no metadata file: it is no volume);
 3. ``S.vhd``, a second child of ``B``, is the result: a snapshot is read-only,
    a clone writable; both copy the name and description, not the keys.
+   ``S`` and its metadata are written before the commit (one directory
+   ``fsync`` then covers every new name), and are discarded by a recovery.
 
 A journal (``.journal/L.json``) names ``B`` and ``S`` while this runs; the
 next call that takes the lock rolls an interrupted one back (before the
@@ -151,6 +155,14 @@ QUERY = {
 }
 
 
+def _key_of(vhd_path: str | None) -> str | None:
+    """The key of a volume file (its name without ``.vhd``)."""
+    if vhd_path is None:
+        return None
+    name = os.path.basename(vhd_path)
+    return name[:-4] if name.endswith(".vhd") else name
+
+
 def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
@@ -251,6 +263,7 @@ class FileSR:
         meta = sr_dir.read_json(self.meta_path(key), {}) or {}
         with vhd.open(path) as image:
             virtual_size = image.virtual_size
+            parent = _key_of(image.parent_path)
         return {
             "key": key,
             "uuid": key,
@@ -264,6 +277,9 @@ class FileSR:
             "keys": meta.get("keys", {}),
             "volume_type": "Data",
             "cbt_enabled": False,
+            # not in the IDL's volume: the VHD parent's key (xapi's
+            # sm_config:vhd-parent), so that callers need no SR.tree for it
+            "parent": parent,
         }
 
     def visible_keys(self) -> list[str]:
@@ -500,11 +516,7 @@ def _tree(sr: FileSR) -> dict:
         except vhd.VhdError as exc:
             unreadable.append({"file": path, "error": str(exc)})
             continue
-        parent = None
-        if parent_path is not None:
-            name = os.path.basename(parent_path)
-            parent = name[:-4] if name.endswith(".vhd") else name
-        node.update(parent=parent, children=[], datapath=sr_dir.load_state(path) or None)
+        node.update(parent=_key_of(parent_path), children=[], datapath=sr_dir.load_state(path) or None)
         nodes[key] = node
     for node in nodes.values():
         if node["parent"] in nodes:
@@ -589,16 +601,20 @@ def _snapshot(p: Params, read_write: bool) -> dict:
         sr_dir.write_json(sr.journal_path(key), {"leaf": key, "base": base, "snap": snap})
         base_path = sr.vhd_path(base)
         os.link(leaf, base_path)
+        # S and the new leaf are made before the commit, so that one fsync of
+        # the directory makes every new name durable with it (recovery
+        # discards S either way until the journal is gone)
+        meta = sr_dir.read_json(sr.meta_path(key), {}) or {}
+        sr_dir.write_json(sr.meta_path(snap), {
+            "name": meta.get("name", ""), "description": meta.get("description", ""),
+            "keys": {}, "sharable": meta.get("sharable", False), "read_write": read_write},
+            sync_dir=False)
+        vhd.create_differencing(sr.vhd_path(snap), base_path).close()
         vhd.create_differencing(leaf + ".new", base_path).close()
         os.replace(leaf + ".new", leaf)                     # the commit point
         sr_dir.fsync_dir(sr.path)
         with vhd.open(base_path, writable=True) as image:
-            image.set_hidden(True)
-        meta = sr_dir.read_json(sr.meta_path(key), {}) or {}
-        sr_dir.write_json(sr.meta_path(snap), {
-            "name": meta.get("name", ""), "description": meta.get("description", ""),
-            "keys": {}, "sharable": meta.get("sharable", False), "read_write": read_write})
-        vhd.create_differencing(sr.vhd_path(snap), base_path).close()
+            image.set_hidden(True)                          # synced before the journal goes
         sr_dir.remove(sr.journal_path(key))
         sr_dir.bump_generation(leaf)
         return sr.volume(snap)

@@ -46,8 +46,10 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_json(path: str, value: Any) -> None:
-    """Replace ``path`` atomically: a reader sees the old or the new file."""
+def write_json(path: str, value: Any, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` atomically: a reader sees the old or the new file.
+    ``sync_dir=False`` leaves the directory's ``fsync`` (the rename's
+    durability) to the caller, who has more names to make durable there."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -61,7 +63,8 @@ def write_json(path: str, value: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
 
 
 def read_json(path: str, default: Any = None) -> Any:
