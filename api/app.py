@@ -15,7 +15,9 @@ from aiohttp import web
 from xapi.context import Context, Runtime
 from xapi.errors import ApiError
 
-from . import jsonrpc, records, xenops_proxy, xmlrpc
+from xapi.pool import joining
+
+from . import jsonrpc, pool_http, records, xenops_proxy, xmlrpc
 from .dispatch import Dispatcher
 from .xmlrpc import ProtocolError
 
@@ -160,6 +162,7 @@ def create_app(rt: Runtime, dispatcher: Dispatcher | None = None, local: bool = 
     app[RUNTIME] = rt
     app[DISPATCHER] = dispatcher or Dispatcher(rt)
     app[LOCAL] = local
+    app.router.add_route("GET", joining.DATABASE_PATH, pool_http.handle_database)
     app.router.add_route("POST", xenops_proxy.PREFIX + "{tail:.*}", xenops_proxy.handle)
     app.router.add_route("POST", "/{tail:.*}", handle_post)
     app.router.add_route("OPTIONS", "/{tail:.*}", handle_preflight)

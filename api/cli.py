@@ -29,9 +29,13 @@ def _config(args) -> config_mod.Config:
 
 
 def cmd_serve(args) -> int:
+    import os
+
     from .server import run
 
     cfg = _config(args)
+    if args.config:
+        os.environ["XAPI_CONFIG"] = args.config  # for the worker it starts, and for restarts
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

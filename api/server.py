@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,8 +26,10 @@ from xapi.storage.service import Storage
 from xapi.events import EventHub
 from xapi.pool import liveness
 
+from db.migrate import wipe
 from workers import gc as db_gc
-from workers import storage_gc
+from workers import storage_gc, supervisor
+from xapi.pool import restart, roles
 
 from .app import DISPATCHER, create_app
 
@@ -39,6 +42,9 @@ def open_runtime(config: Config) -> Runtime:
     """Bring the database up to date, load it and run first boot."""
     os.makedirs(config.state_dir, exist_ok=True)
     db = Database(config.database_url)
+    if restart.take_reset_mark(config.state_dir):
+        log.warning("ejected from a pool: starting again from an empty database")
+        wipe(db.engine)
     db.upgrade()
     db.load()
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="xapi")
@@ -60,11 +66,12 @@ def open_runtime(config: Config) -> Runtime:
     return rt
 
 
-def close_runtime(rt: Runtime) -> None:
+def close_runtime(rt: Runtime, keep_simulator: bool = False) -> None:
     """Stop what open_runtime started: watchers, the simulator it started, listener, threads, DB."""
     if rt.domains is not None:
         rt.domains.stop()
-    embedded.stop_simulator(rt.extra.get("simulator"))
+    if not keep_simulator:  # across a restart the domains live on, as under xenopsd
+        embedded.stop_simulator(rt.extra.get("simulator"))
     listener = rt.extra.get("listener")
     if listener is not None:
         listener.stop()
@@ -120,6 +127,8 @@ async def _gc_loop(rt: Runtime) -> None:
 
 
 def _heartbeat(rt: Runtime) -> None:
+    if not roles.is_master(rt):
+        return  # one pool, one heartbeat: the master's
     with rt.db.write() as tx:
         tx.touch("pool", rt.pool_ref)
 
@@ -196,17 +205,27 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
                   asyncio.create_task(_simulator_keeper(rt)),
                   asyncio.create_task(storage_gc.loop(rt)),  # VHD coalescing, workers/storage_gc.py
                   asyncio.create_task(_host_heartbeat_loop(rt))]
+    worker = supervisor.start(config)
+    restarting = asyncio.Event()
+    rt.extra[restart.HOOK] = lambda reason: loop.call_soon_threadsafe(
+        loop.call_later, 1.0, restarting.set)  # let the reply (and its task) go out first
     if ready is not None:
         ready.set()
     try:
-        await asyncio.Event().wait()
+        await restarting.wait()
+        log.warning("restarting for a change of pool membership")
     finally:
         for job in background:
             job.cancel()
+        supervisor.stop(worker)
         for runner in runners:
             await runner.cleanup()
-        try:
-            liveness.shutting_down(rt)  # a clean stop: this host is dead at once
-        except Exception:
-            log.exception("could not mark this host as shutting down")
-        close_runtime(rt)
+        if not restarting.is_set():
+            try:
+                liveness.shutting_down(rt)  # a clean stop: this host is dead at once
+            except Exception:
+                log.exception("could not mark this host as shutting down")
+        close_runtime(rt, keep_simulator=restarting.is_set())
+    # The same command again, now reading this host's new pool.conf (xapi restarts too).
+    logging.shutdown()
+    os.execv(sys.executable, sys.orig_argv)

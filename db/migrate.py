@@ -38,3 +38,12 @@ def current(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def wipe(engine: Engine) -> None:
+    """Drop every table: a host ejected from its pool starts again from nothing, as xapi's does."""
+    from sqlalchemy import MetaData
+
+    meta = MetaData()
+    meta.reflect(bind=engine)
+    meta.drop_all(bind=engine)

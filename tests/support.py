@@ -134,26 +134,30 @@ class LiveServer:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def stop_simulator(self) -> None:
-        """The xenopsd simulator outlives a killed server by design; tests clean it up."""
-        pid_file = os.path.join(self.state_dir, "xenopsd-sim.pid")
+        """The xenopsd simulator (and a server-started worker) outlive a killed server by design."""
+        for name in ("worker.pid", "xenopsd-sim.pid"):
+            _stop_pid_file(os.path.join(self.state_dir, name))
+
+
+def _stop_pid_file(pid_file: str) -> None:
+    try:
+        pid = int(open(pid_file).read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
         try:
-            pid = int(open(pid_file).read().strip())
-        except (OSError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:
@@ -185,6 +189,7 @@ def start_server(db_url: str | None = None, state_dir: str | None = None,
         "XAPI_ROOT_PASSWORD": ROOT_PASSWORD,
         "XAPI_AUTH_FAILURE_DELAY": "0.2",
         "XAPI_LOG_LEVEL": "INFO",
+        "XAPI_WORKER": "false",  # tests start workers themselves (start_worker); worker=True: the server's
     })
     env.pop("XAPI_CONFIG", None)
     if db_url:

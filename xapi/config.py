@@ -4,6 +4,10 @@ Lines are ``key = value``; ``#`` starts a comment; values may be quoted.
 Every key is documented in ``etc/xapi.conf``.  Environment variables
 ``XAPI_<KEY>`` (upper case) override the file, which is how tests and
 containers adjust single settings.
+
+A host that joined a pool keeps the pool's database and Redis URLs in
+``<state_dir>/pool.conf`` (same format; written by pool.join, removed by
+pool.eject); they win over both, as xapi's pool.conf decides its role.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Config(BaseModel):
     state_dir: str = Field(default_factory=_default_state_dir)
     db_url: str | None = None  # default: SQLite file in state_dir
     redis_url: str | None = None  # unset: embedded, in-process executor
+    worker: bool = True  # with redis_url, `xapi serve` runs and supervises this host's worker
     host_name: str | None = None  # default: this machine's hostname
     host_address: str | None = None  # what other hosts and clients use; default: the listen host
     worker_threads: int = 8
@@ -142,6 +147,14 @@ def parse_conf(text: str) -> dict[str, str]:
     return values
 
 
+POOL_CONF = "pool.conf"
+POOL_KEYS = ("db_url", "redis_url")  # what a member takes from its pool
+
+
+def pool_conf_path(state_dir: str) -> str:
+    return os.path.join(state_dir, POOL_CONF)
+
+
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     values: dict[str, str] = {}
@@ -152,4 +165,9 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
         key = f"XAPI_{name.upper()}"
         if key in env:
             values[name] = env[key]
-    return Config(**values)
+    config = Config(**values)
+    membership = pool_conf_path(config.state_dir)
+    if os.path.exists(membership):
+        pool = parse_conf(Path(membership).read_text())
+        config = config.model_copy(update={k: pool[k] for k in POOL_KEYS if pool.get(k)})
+    return config

@@ -6,6 +6,11 @@ once per ``session_last_active_threshold`` so that reads stay write-free.
 Sessions are grouped for eviction as xapi groups them (by originator, by
 non-root user name, anonymous) and a group over its limit loses its least
 recently active sessions, so one leaky script cannot push others out.
+
+On a pool member only pool sessions (``slave_login``), local sessions
+(``slave_local_login*``, kept in memory like xapi's, never in the database)
+and calls over the unix socket are served; any other session gets
+HOST_IS_SLAVE with the master's address, which clients follow.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from xapi.auth import verify_password
 from xapi.context import Context, Runtime, now
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
+from xapi.pool import roles
 from xapi.refs import make_ref, make_uuid
 
 log = logging.getLogger("xapi.sessions")
 
 ROOT = "root"
+LOCAL_SESSIONS = "local_sessions"  # rt.extra key: ref -> user name, this process only
 
 
 class AuthenticationFailed(Exception):
@@ -32,14 +39,34 @@ class AuthenticationFailed(Exception):
 async def check(ctx: Context, session: Any) -> str:
     """Validate the session parameter of a call; returns its ref."""
     ref = session if isinstance(session, str) else NULL_REF
+    if ref in ctx.rt.extra.get(LOCAL_SESSIONS, ()):
+        return ref
     row = ctx.rt.cache.get("session", ref)
+    if row is None and ctx.rt.config.redis_url:
+        # In a pool the session may have been made on another host an instant
+        # ago, before its change notification reached this one.
+        await asyncio.get_running_loop().run_in_executor(ctx.rt.executor, ctx.rt.db.catch_up)
+        row = ctx.rt.cache.get("session", ref)
     if row is None:
         raise ApiError("SESSION_INVALID", ref)
+    if not (ctx.local or row.values["pool"] or roles.is_master(ctx.rt)):
+        raise roles.host_is_slave(ctx.rt)
     last = row.values["last_active"]
     threshold = ctx.rt.config.session_last_active_threshold
     if (now() - last).total_seconds() >= threshold:
         loop = asyncio.get_running_loop()
         loop.run_in_executor(ctx.rt.executor, _touch, ctx.rt, ref)
+    return ref
+
+
+def alive(rt: Runtime, ref: str | None) -> bool:
+    return ref in rt.extra.get(LOCAL_SESSIONS, ()) or rt.cache.get("session", ref or "") is not None
+
+
+def create_local(rt: Runtime, uname: str) -> str:
+    """A session that exists on this host only (xapi's slave_local_login)."""
+    ref = make_ref()
+    rt.extra.setdefault(LOCAL_SESSIONS, {})[ref] = uname
     return ref
 
 
@@ -75,13 +102,14 @@ def group_limit(rt: Runtime, group: tuple[str, str]) -> int:
     return rt.config.max_anonymous_sessions
 
 
-def create(rt: Runtime, uname: str, originator: str, *, pool: bool = False, parent: str = NULL_REF) -> str:
+def create(rt: Runtime, uname: str, originator: str, *, pool: bool = False, parent: str = NULL_REF,
+           host: str | None = None) -> str:
     """Make a new session for an authenticated user, evicting over-limit ones."""
     ref = make_ref()
     stamp = now()
     values = {
         "uuid": make_uuid(),
-        "this_host": rt.host_ref,
+        "this_host": host or rt.host_ref,
         "this_user": NULL_REF,
         "last_active": stamp,
         "pool": pool,
@@ -113,6 +141,8 @@ def create(rt: Runtime, uname: str, originator: str, *, pool: bool = False, pare
 
 
 def destroy(rt: Runtime, ref: str) -> None:
+    if rt.extra.get(LOCAL_SESSIONS, {}).pop(ref, None) is not None:
+        return
     with rt.db.write() as tx:
         if tx.exists("session", ref):
             tx.delete("session", ref)

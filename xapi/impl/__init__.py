@@ -35,6 +35,6 @@ def implements(wire_name: str, mode: str = "write"):
 
 def load_all() -> dict[str, Handler]:
     """Import every implementation module so that it registers itself."""
-    from . import devices, event, message, migration, placement, session, storage, task, vm  # noqa: F401
+    from . import devices, event, message, migration, placement, pool, session, storage, task, vm  # noqa: F401
 
     return HANDLERS

@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from xapi import sessions
 from xapi.context import Context
 from xapi.errors import ApiError
 from xapi.wire import I4
@@ -37,7 +38,7 @@ def _event_record(ctx: Context, ev: Event, timestamp: str) -> dict | None:
 
 
 def _session_alive(ctx: Context) -> None:
-    if ctx.rt.cache.get("session", ctx.session) is None:
+    if not sessions.alive(ctx.rt, ctx.session):
         raise ApiError("SESSION_INVALID", ctx.session)
 
 

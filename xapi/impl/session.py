@@ -8,13 +8,15 @@ from xapi import sessions
 from xapi.auth import hash_password
 from xapi.context import Context
 from xapi.errors import ApiError
+from xapi.pool import roles, secret
 
 from . import implements
 
 AUTH_FAILURE = "Authentication failure"
 
 
-async def _login(ctx: Context, uname: str, pwd: str, originator: str) -> str:
+async def _authenticate(ctx: Context, uname: str, pwd: str) -> str:
+    """The user name the session is for; SESSION_AUTHENTICATION_FAILED after a delay."""
     rt = ctx.rt
     loop = asyncio.get_running_loop()
     try:
@@ -23,18 +25,39 @@ async def _login(ctx: Context, uname: str, pwd: str, originator: str) -> str:
         # xapi sleeps before answering, to slow down password guessing.
         await asyncio.sleep(rt.config.auth_failure_delay)
         raise ApiError("SESSION_AUTHENTICATION_FAILED", uname, AUTH_FAILURE) from None
-    user = sessions.ROOT if ctx.local else uname
-    return await loop.run_in_executor(rt.executor, sessions.create, rt, user, originator)
+    return sessions.ROOT if ctx.local else uname
 
 
 @implements("session.login_with_password", mode="async")
 async def login_with_password(ctx: Context, uname: str, pwd: str, version: str, originator: str):
-    return await _login(ctx, uname, pwd, originator)
+    if not ctx.local and not roles.is_master(ctx.rt):
+        raise roles.host_is_slave(ctx.rt)  # before the password check, as xapi
+    user = await _authenticate(ctx, uname, pwd)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(ctx.rt.executor, sessions.create, ctx.rt, user, originator)
 
 
 @implements("session.slave_local_login_with_password", mode="async")
 async def slave_local_login_with_password(ctx: Context, uname: str, pwd: str):
-    return await _login(ctx, uname, pwd, "")
+    return sessions.create_local(ctx.rt, await _authenticate(ctx, uname, pwd))
+
+
+def _check_secret(ctx: Context, who: str, psecret: str) -> None:
+    if not secret.matches(ctx.rt.config.state_dir, psecret):
+        raise ApiError("SESSION_AUTHENTICATION_FAILED", who, "Pool credentials invalid")
+
+
+@implements("session.slave_local_login", mode="read")
+def slave_local_login(ctx: Context, psecret: str):
+    _check_secret(ctx, "localhost", psecret)
+    return sessions.create_local(ctx.rt, sessions.ROOT)
+
+
+@implements("session.slave_login")
+def slave_login(ctx: Context, host: str, psecret: str):
+    """A pool session: what hosts use to call each other; valid on members too."""
+    _check_secret(ctx, host, psecret)
+    return sessions.create(ctx.rt, host, "", pool=True, host=host)
 
 
 @implements("session.logout")
