@@ -1020,7 +1020,8 @@ def _new_footer(disk_type: int, size: int, unique: bytes) -> _Footer:
 
 
 def _write_new(path: str, footer: _Footer, block_size: int,
-               parent: tuple[bytes, int, str, list[tuple[int, bytes]]] | None) -> None:
+               parent: tuple[bytes, int, str, list[tuple[int, bytes]]] | None,
+               sync: bool = True) -> None:
     entries = -(-footer.current_size // block_size)
     header = _Header()
     header.data_offset = 0xFFFFFFFFFFFFFFFF
@@ -1061,7 +1062,8 @@ def _write_new(path: str, footer: _Footer, block_size: int,
         for offset in range(0, bat_bytes, piece):
             _pwrite(fd, b"\xff" * min(piece, bat_bytes - offset), at + offset)
         _pwrite(fd, raw_footer, end)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
         os.rename(tmp, path)
     except BaseException:
         os.close(fd)
@@ -1100,11 +1102,12 @@ def create_dynamic(path: str, virtual_size: int, block_size: int = DEFAULT_BLOCK
 
 
 def create_differencing(path: str, parent_path: str, parent_uuid: str | None = None,
-                        *, uuid: str | None = None) -> Vhd:
+                        *, uuid: str | None = None, sync: bool = True) -> Vhd:
     """Create an empty differencing VHD on top of ``parent_path`` (same
     virtual size and block size) and return it opened writable.
 
-    ``parent_uuid``, if given, must be the parent's unique id."""
+    ``parent_uuid``, if given, must be the parent's unique id.  With
+    ``sync=False`` the file is not ``fsync``-ed: the caller does that."""
     if os.path.exists(path):
         raise VhdError("file already exists", os.path.abspath(path))
     with Vhd(parent_path) as parent:
@@ -1117,7 +1120,7 @@ def create_differencing(path: str, parent_path: str, parent_uuid: str | None = N
     unique = uuidlib.UUID(uuid).bytes if uuid else uuidlib.uuid4().bytes
     footer = _new_footer(DISK_DIFFERENCING, size, unique)
     parent_ts = vhd_timestamp(os.stat(parent_abs).st_mtime)
-    _write_new(path, footer, block_size, (parent_unique, parent_ts, name, payloads))
+    _write_new(path, footer, block_size, (parent_unique, parent_ts, name, payloads), sync)
     return Vhd(path, writable=True)
 
 

@@ -40,8 +40,8 @@ Snapshot and clone (sm's FileSR "double" snapshot) of leaf ``L``:
 2. ``B`` is marked hidden (no metadata file: it is no volume);
 3. ``S.vhd``, a second child of ``B``, is the result: a snapshot is read-only,
    a clone writable; both copy the name and description, not the keys.
-   ``S`` and its metadata are written before the commit (one directory
-   ``fsync`` then covers every new name), and are discarded by a recovery.
+   ``S`` and its metadata are written before the commit and discarded by a
+   recovery, so that everything the commit depends on is synced at once.
 
 A journal (``.journal/L.json``) names ``B`` and ``S`` while this runs; the
 next call that takes the lock rolls an interrupted one back (before the
@@ -597,25 +597,29 @@ def _snapshot(p: Params, read_write: bool) -> dict:
             size = image.virtual_size
         sr.need(2 * _metadata_bytes(size), size)
         base, snap = str(uuidlib.uuid4()), str(uuidlib.uuid4())
-        os.makedirs(os.path.join(sr.path, JOURNALS), exist_ok=True)
-        sr_dir.write_json(sr.journal_path(key), {"leaf": key, "base": base, "snap": snap})
-        base_path = sr.vhd_path(base)
+        journals = os.path.join(sr.path, JOURNALS)
+        os.makedirs(journals, exist_ok=True)
+        journal = sr.journal_path(key)
+        sr_dir.write_json(journal, {"leaf": key, "base": base, "snap": snap}, sync=False)
+        base_path, snap_path = sr.vhd_path(base), sr.vhd_path(snap)
         os.link(leaf, base_path)
-        # S and the new leaf are made before the commit, so that one fsync of
-        # the directory makes every new name durable with it (recovery
-        # discards S either way until the journal is gone)
+        # S is made before the commit too (a recovery discards it until the
+        # journal is gone), so that everything the commit depends on is
+        # synced at once
         meta = sr_dir.read_json(sr.meta_path(key), {}) or {}
         sr_dir.write_json(sr.meta_path(snap), {
             "name": meta.get("name", ""), "description": meta.get("description", ""),
             "keys": {}, "sharable": meta.get("sharable", False), "read_write": read_write},
-            sync_dir=False)
-        vhd.create_differencing(sr.vhd_path(snap), base_path).close()
-        vhd.create_differencing(leaf + ".new", base_path).close()
+            sync=False)
+        vhd.create_differencing(snap_path, base_path, sync=False).close()
+        vhd.create_differencing(leaf + ".new", base_path, sync=False).close()
+        sr_dir.sync_all([journal, journals, sr.meta_path(snap), snap_path, leaf + ".new", sr.path])
         os.replace(leaf + ".new", leaf)                     # the commit point
-        sr_dir.fsync_dir(sr.path)
         with vhd.open(base_path, writable=True) as image:
-            image.set_hidden(True)                          # synced before the journal goes
-        sr_dir.remove(sr.journal_path(key))
+            image.set_hidden(True)
+            image.flush()
+        sr_dir.fsync_dir(sr.path)
+        sr_dir.remove(journal)                              # after both are durable
         sr_dir.bump_generation(leaf)
         return sr.volume(snap)
 
