@@ -24,6 +24,9 @@ STDPARAMS = ("server", "password", "port", "username", "minimal", "force", "mult
              "message-priority", "trace", "progress")
 
 STANDARD, HIDDEN = "standard", "hidden"
+# Runs on a local session (session.slave_local_login_with_password), as xe's
+# *_local_session commands: they must work on a member whose master is gone.
+LOCAL_SESSION = "local-session"
 VM_SELECTORS, HOST_SELECTORS, SR_SELECTORS = "vm-selectors", "host-selectors", "sr-selectors"
 
 SELECTOR_HELP = {

@@ -409,10 +409,14 @@ class Session:
         return self.conn.call(method, self.ref, *params)
 
     @classmethod
-    def login(cls, conn: Connection, opts: Options, version: str) -> "Session":
+    def login(cls, conn: Connection, opts: Options, version: str, local: bool = False) -> "Session":
         try:
-            ref = conn.call("session.login_with_password", opts.username, opts.password,
-                            version, "cli")
+            if local:
+                ref = conn.call("session.slave_local_login_with_password", opts.username,
+                                opts.password)
+            else:
+                ref = conn.call("session.login_with_password", opts.username, opts.password,
+                                version, "cli")
         except ApiFailure as e:
             if e.code == "SESSION_AUTHENTICATION_FAILED":
                 user = e.params[0] if e.params else opts.username
@@ -420,10 +424,14 @@ class Session:
                     raise ParamError("", "Username/password must be specified") from None
                 raise ParamError("", "Authentication failed") from None
             raise
-        return cls(conn, ref)
+        session = cls(conn, ref)
+        session.local = local
+        return session
+
+    local: bool = False
 
     def logout(self) -> None:
         try:
-            self.conn.call("session.logout", self.ref)
+            self.conn.call("session.local_logout" if self.local else "session.logout", self.ref)
         except Exception:
             pass

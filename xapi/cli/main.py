@@ -13,7 +13,7 @@ import os
 import sys
 from typing import TextIO
 
-from .cmdtable import TABLE, Invocation, check_params, help_command, parse_command_line, USAGE
+from .cmdtable import LOCAL_SESSION, TABLE, Invocation, check_params, help_command, parse_command_line, USAGE
 from .connection import Connection, Session, UsageRequested, VersionRequested, parse_options
 from .errors import ApiFailure, MultipleFailure, XeError
 from .fields import make_resolver
@@ -109,7 +109,7 @@ def run(argv: list[str], env: dict[str, str] | None = None, stdin: TextIO | None
             raise ParamError("Unknown command", name)
         check_params(spec, params)
         conn = Connection(opts, debug)
-        session = Session.login(conn, opts, api_version())
+        session = Session.login(conn, opts, api_version(), local=LOCAL_SESSION in spec.flags)
         show_progress = not minimal and (_is_tty(stderr) or any(k == "progress" for k, _ in params))
         runner = TaskRunner(session, stderr, show_progress, in_place=_is_tty(stderr))
         inv = Invocation(spec, params, session, printer, runner, stdin, stdout, stderr,

@@ -16,7 +16,7 @@ from typing import Any
 from xapi.idl.model import model
 
 from .classes import CLASSES
-from .cmdtable import HIDDEN, STANDARD, STDPARAMS, VM_SELECTORS, Invocation, command
+from .cmdtable import HIDDEN, LOCAL_SESSION, STANDARD, STDPARAMS, VM_SELECTORS, Invocation, command
 from .connection import Connection, Options, Session
 from .errors import ApiFailure, CliFailure
 from .fields import NULL_REF, RecordView, bytes_of_string, parse_enum, parse_int
@@ -1076,12 +1076,37 @@ def pool_join(inv: Invocation) -> None:
         inv.call(method, inv.req("master-address"), inv.req("master-username"),
                  inv.req("master-password"))
     except ApiFailure as e:
-        if e.code != "POOL_JOINING_HOST_CONNECTION_FAILED":
+        if e.code != "JOINING_HOST_CONNECTION_FAILED":
             raise
         inv.printer.lines(["Host cannot contact destination host: connection refused.",
                            "Check destination host has services running and accessible from this host."])
         return
     inv.printer.lines([f"Host agent will restart and attempt to join pool in {FUSE_TIME:.3f} seconds..."])
+
+
+@command("pool-designate-new-master", reqd=["host-uuid"], cls="pool",
+         help="Hands the master role over to the given member, in an orderly way.")
+def pool_designate_new_master(inv: Invocation) -> None:
+    inv.call("pool.designate_new_master", ref_of(inv, "host", inv.req("host-uuid")))
+
+
+@command("pool-emergency-transition-to-master", flags=(LOCAL_SESSION,), cls="pool",
+         help="Makes this member the master when the master is gone.")
+def pool_emergency_transition_to_master(inv: Invocation) -> None:
+    inv.call("pool.emergency_transition_to_master")
+
+
+@command("pool-emergency-reset-master", reqd=["master-address"], flags=(LOCAL_SESSION,),
+         cls="pool", help="Tells this member which host is its new master.")
+def pool_emergency_reset_master(inv: Invocation) -> None:
+    inv.call("pool.emergency_reset_master", inv.req("master-address"))
+
+
+@command("pool-recover-slaves", cls="pool",
+         help="On a new master: points every member at it; lists the members recovered.")
+def pool_recover_slaves(inv: Invocation) -> None:
+    hosts = inv.call("pool.recover_slaves")
+    inv.printer.lines([inv.call("host.get_uuid", h) for h in hosts])
 
 
 @command("pool-eject", reqd=["host-uuid"], optn=["force"], cls="pool",
