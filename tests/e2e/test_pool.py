@@ -160,6 +160,43 @@ def test_xo_follows_host_is_slave_to_the_master(pool, node_client, transport):  
     assert len(dom0_hosts) == 3  # every host's control domain, through the master
 
 
+def test_vms_run_across_hosts_and_migrate_on_shared_storage(pool, tmp_path_factory):
+    a = login(pool["A"]).xenapi
+    hosts = {a.host.get_address(h): h for h in a.host.get_all()}
+    master = hosts["127.0.0.1"]
+    shared_dir = tmp_path_factory.mktemp("shared-sr")  # every host sees it: NFS's stand-in
+    sr = a.SR.create(master, {"path": str(shared_dir)}, 0, "shared", "", "file", "user", True, {})
+    pbds = a.SR.get_PBDs(sr)
+    assert sorted(a.PBD.get_host(p) for p in pbds) == sorted(hosts.values())
+    assert all(a.PBD.get_currently_attached(p) for p in pbds)
+    a.pool.set_default_SR(a.pool.get_all()[0], sr)
+    template = a.VM.get_by_name_label("Other install media")[0]
+    vms = {}
+    for ip, host in hosts.items():
+        vm = a.VM.clone(template, f"on-{ip}")
+        a.VM.provision(vm)
+        a.VM.start_on(vm, host, False, False)
+        vms[ip] = vm
+    for ip, vm in vms.items():
+        assert a.VM.get_power_state(vm) == "Running"
+        assert a.VM.get_resident_on(vm) == hosts[ip]
+    anywhere = a.VM.clone(template, "placed")
+    a.VM.provision(anywhere)
+    assert sorted(a.VM.get_possible_hosts(anywhere)) == sorted(hosts.values())
+    task = a.Async.VM.start(anywhere, False, False)
+    wait_until(lambda: a.task.get_status(task) != "pending", what="Async.VM.start")
+    assert a.task.get_status(task) == "success", a.task.get_error_info(task)
+    assert a.VM.get_resident_on(anywhere) in hosts.values()
+    # Live migration from B to C through the shared SR.
+    moving = vms["127.0.0.2"]
+    a.VM.pool_migrate(moving, hosts["127.0.0.3"], {"live": "true"})
+    assert a.VM.get_resident_on(moving) == hosts["127.0.0.3"]
+    assert a.VM.get_power_state(moving) == "Running"
+    for vm in [*vms.values(), anywhere]:
+        a.VM.hard_shutdown(vm)
+        assert a.VM.get_power_state(vm) == "Halted"
+
+
 def test_eject_returns_a_host_to_standalone(pool):
     a = login(pool["A"]).xenapi
     c = next(h for h in a.host.get_all() if a.host.get_address(h) == "127.0.0.3")
