@@ -225,12 +225,14 @@ def test_designate_new_master_hands_over(pool):
     assert b.pool.get_master(b.pool.get_all()[0]) == b_ref
 
 
-def test_kill_master_then_emergency_transition_keeps_every_change(pool):
+def test_kill_master_then_emergency_transition_keeps_every_change(pool, node_client):  # noqa: F811
     b = login(pool["B"]).xenapi
     pool_ref = b.pool.get_all()[0]
     b.pool.set_name_label(pool_ref, "written just before the crash")
     template = b.VM.get_by_name_label("Other install media")[0]
-    survivor = b.VM.get_uuid(b.VM.clone(template, "survivor"))
+    clone = b.VM.clone(template, "survivor")
+    b.VM.set_is_a_template(clone, False)
+    survivor = b.VM.get_uuid(clone)
     pool["B"].process.kill()  # kill -9 of the master
     pool["B"].process.wait()
     assert login_error(pool["A"]) == ["HOST_IS_SLAVE", "127.0.0.2"]  # still names the dead master
@@ -244,3 +246,13 @@ def test_kill_master_then_emergency_transition_keeps_every_change(pool):
     assert a.VM.get_by_uuid(survivor)
     assert a.host.get_address(a.pool.get_master(pool_ref)) == "127.0.0.1"
     assert a.pool.recover_slaves() == []  # B is dead: nobody to recover
+    # XO pointed at the new master connects and sees the pool as it was.
+    args = {"url": pool["A"].url, "user": "root", "password": PW, "transport": "json-rpc",
+            "expectVms": 1, "expectHosts": 2}
+    done = subprocess.run([node_client, str(PROBE), json.dumps(args)], cwd=JS_DIR,
+                          capture_output=True, text=True, timeout=90)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ok"], report
+    assert report["result"]["connectedTo"] == "127.0.0.1"
+    assert report["result"]["hosts"] == ["127.0.0.1", "127.0.0.2"]
+    assert survivor in {vm["uuid"] for vm in report["result"]["vms"]}

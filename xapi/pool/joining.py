@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.error
 import urllib.request
 from typing import Any, Iterator
@@ -129,8 +130,6 @@ def _write_pool_conf(state_dir: str, where: dict[str, str]) -> None:
     path = config_mod.pool_conf_path(state_dir)
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
-    import os
-
     os.replace(path + ".tmp", path)
 
 
