@@ -14,6 +14,7 @@ as halted on the way.
 
 from __future__ import annotations
 
+from xapi import sessions
 from xapi.context import Context
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
@@ -22,13 +23,11 @@ from xapi.pool import placement
 from . import lifecycle
 
 
-def destination_url(ctx: Context, host_ref: str) -> str:
+def destination_url(ctx: Context, host_ref: str, session: str) -> str:
     """The destination's xenopsd service; every host of a pool listens on the same port."""
     host = ctx.rt.cache.get("host", host_ref).values
-    if not ctx.session or ctx.rt.cache.get("session", ctx.session) is None:
-        raise ApiError("INTERNAL_ERROR", "a migration needs a pool session to reach the destination")
     return (f"http://{host['address']}:{ctx.rt.config.listen_port}/services/xenops"
-            f"?session_id={ctx.session}")
+            f"?session_id={session}")
 
 
 def migrate_to(ctx: Context, vm_ref: str, host_ref: str) -> None:
@@ -43,13 +42,18 @@ def migrate_to(ctx: Context, vm_ref: str, host_ref: str) -> None:
         placement.choose_and_reserve(rt, vm_ref, host_ref)
     queue = domains.queue_of(vm)
     client = domains.clients[queue]
-    url = destination_url(ctx, host_ref)
+    # A pool session of this host for the destination, whoever the caller is (xapi's
+    # login_no_password ~pool:true): the caller may hold a local session unknown there.
+    session = sessions.create(rt, rt.host_ref, "", pool=True, host=host_ref)
+    url = destination_url(ctx, host_ref, session)
     try:
         task = lifecycle._call(ctx, vm_ref, queue, lambda: client.vm_migrate(vm["uuid"], url))
         lifecycle._run(ctx, vm_ref, queue, task, cancellable=False)
     except BaseException:
         placement.release(rt, vm_ref, host_ref)
         raise
+    finally:
+        sessions.destroy(rt, session)
     # The domain runs (paused) there now: hand the disks over, then let the destination finish.
     lifecycle.release_disks(ctx, vm_ref)
     call(ctx, host_ref, "VM.pool_migrate_complete", [vm_ref, host_ref])
