@@ -294,7 +294,8 @@ class SrCollector:
 
         with vhd.open(child_path) as child:
             block_size = child.block_size
-        blocks = vhd.coalesce_into_parent(child_path, progress=progress)
+        # the child is deleted once merged: its cached pages are of no more use
+        blocks = vhd.coalesce_into_parent(child_path, progress=progress, drop_child_cache=True)
         self.report.blocks += blocks
         self.report.bytes += blocks * block_size
 

@@ -650,6 +650,44 @@ def test_coalesce_killed_at_every_write(d, monkeypatch):
         shutil.rmtree(work)
 
 
+def test_coalesce_killed_with_room_reserved(d, monkeypatch):
+    """A coalesce preallocates the room for the blocks the parent lacks; a
+    process dying in the middle leaves that room (and no trailing footer)
+    behind: the parent still opens with its copy of the footer, the next
+    writable open repairs it, and a re-run gives the uninterrupted result."""
+    size = 64 * MiB
+    base = d / "base.vhd"
+    with vhd.create_dynamic(str(base), size) as disk:
+        disk.write(3 * MiB, os.urandom(MiB))
+    with vhd.create_differencing(str(d / "mid.vhd"), str(base)) as mid:
+        for block in (0, 5, 9, 20, 31):
+            mid.write(block * 2 * MiB + 512, os.urandom(2 * MiB - 1024))
+    mid_view = full(vhd.open(str(d / "mid.vhd")))
+
+    class Killed(Exception):
+        pass
+
+    def progress(done, total):
+        if done == 3:
+            raise Killed
+
+    monkeypatch.setattr(vhd.Vhd, "end_reserve", lambda self: None)   # dies before it
+    with pytest.raises(Killed):
+        vhd.coalesce_into_parent(str(d / "mid.vhd"), progress=progress)
+    monkeypatch.undo()
+    with vhd.open(str(base)) as disk:
+        assert os.path.getsize(base) > disk._end + 512      # the room is still there
+        assert disk.needs_repair
+    assert full(vhd.open(str(d / "mid.vhd"))) == mid_view
+    with vhd.open(str(base), writable=True) as disk:
+        assert not disk.needs_repair
+    assert os.path.getsize(base) == vhd.open(str(base))._end + 512
+    vhd.coalesce_into_parent(str(d / "mid.vhd"))
+    assert full(vhd.open(str(base))) == mid_view
+    raw = open(base, "rb").read()
+    assert raw[:512] == raw[-512:]
+
+
 def test_writes_killed_at_every_step_are_redone_cleanly(d, monkeypatch):
     """Same for plain writes and resize: after a crash at any write, the file
     opens, and redoing the operation gives the intended content."""
