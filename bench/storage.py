@@ -49,13 +49,13 @@ off so that it does not run in the middle of a measurement):
     base in the middle is merged without the SR lock) for information.
 
 Breakdown (always printed): each GC pass is split into the copy
-(``coalesce_into_parent``, its final ``fsync`` shown apart), the plugin calls
-it made and the rest; the latency of each plugin call the snapshot handler
-makes is measured directly (median of ``--repeat``), with and without a
-bytecode cache (this environment may set ``PYTHONDONTWRITEBYTECODE=1``, and
-then every plugin process compiles ``vhd.py`` and ``plugins.py`` again), next
+(``coalesce_into_parent``, its final ``fsync`` shown apart), the commit
+renames, the deletion of the replaced leaf, the plugin calls it made and the
+rest; the latency of each plugin call the snapshot handler makes is measured
+directly (median of ``--repeat``), through the plugin registry's fork server
+(as the server runs the project's plugins) and as a process per call, next
 to the bare interpreter start (``python -c pass``, ``python -S -c pass``).
-When a target is missed, the report names the hotspots and what would fix them.
+When a target is missed, the report names the hotspots.
 
 The latest figures go to docs/performance.md, section "Storage (issue 5)".
 """
@@ -173,12 +173,14 @@ class Meter:
         self.copy = 0.0
         self.fsync = 0.0
         self.rename = 0.0
+        self.free = 0.0
         self.calls: dict[str, list[float]] = {}
         self._vhd, self._plugins = vhd, plugins
         self._coalesce = vhd.coalesce_into_parent
         self._call_with = plugins.Plugin.call_with
         self._fsync = os.fsync
         self._replace, self._rename = os.replace, os.rename
+        self._unlink = os.unlink
 
     def __enter__(self) -> "Meter":
         meter = self
@@ -206,6 +208,13 @@ class Meter:
                     meter.rename += time.perf_counter() - t
             return rename
 
+        def unlink(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return meter._unlink(*args, **kwargs)
+            finally:
+                meter.free += time.perf_counter() - t
+
         def call_with(plugin, method, params, *, timeout=None):
             t = time.perf_counter()
             try:
@@ -216,6 +225,7 @@ class Meter:
         self._vhd.coalesce_into_parent = coalesce
         os.fsync = fsync
         os.replace, os.rename = timed_rename(self._replace), timed_rename(self._rename)
+        os.unlink = unlink
         self._plugins.Plugin.call_with = call_with
         return self
 
@@ -223,6 +233,7 @@ class Meter:
         self._vhd.coalesce_into_parent = self._coalesce
         os.fsync = self._fsync
         os.replace, os.rename = self._replace, self._rename
+        os.unlink = self._unlink
         self._plugins.Plugin.call_with = self._call_with
 
     @property
@@ -423,7 +434,8 @@ class Bench:
         self.verify(written)
         return {"seconds": seconds, "bytes": report.bytes, "data": len(written) * BLOCK,
                 "copy": meter.copy, "fsync": meter.fsync, "plugin": meter.plugin_seconds,
-                "rename": meter.rename, "calls": meter.call_summary(), "before": before,
+                "rename": meter.rename, "free": meter.free, "calls": meter.call_summary(),
+                "before": before,
                 "after": after,
                 "depth": depth, "profiler": profiler}
 
@@ -470,24 +482,20 @@ class Bench:
     # -- where the time goes -------------------------------------------------------------
 
     def plugin_latency(self) -> dict:
-        """Median latency of the plugin calls VDI.snapshot makes, measured
-        directly, as configured here and with a bytecode cache."""
+        """Median latency of plugin calls, measured directly: through the
+        registry's fork server (as the server runs the project's plugins) and
+        as a process per call (``preload=False``, as any other plugin runs)."""
         from xapi.backends.storage.plugins import PluginRegistry
 
         key = self.x.VDI.get_location(self.vdi)
         out: dict[str, dict[str, float]] = {}
-        cache_dir = os.path.join(self.state_dir, "pycache")
-        for mode in ("as configured", "bytecode cache"):
-            env = dict(os.environ)
-            if mode == "bytecode cache":
-                env.pop("PYTHONDONTWRITEBYTECODE", None)
-                env["PYTHONPYCACHEPREFIX"] = cache_dir
-            registry = PluginRegistry(env=env)
+        for mode, preload in (("fork server", True), ("a process per call", False)):
+            registry = PluginRegistry(preload=preload)
             plugin = registry.volume("file")
-            plugin.call("SR.stat", sr=self.sr_uri)  # fills the cache
+            plugin.call("SR.stat", sr=self.sr_uri)  # starts the fork server
             row: dict[str, float] = {}
-            for method, params in (("Volume.snapshot", {"key": key}), ("SR.tree", {}),
-                                   ("SR.stat", {}), ("Volume.stat", {"key": key})):
+            for method, params in (("Volume.snapshot", {"key": key}), ("Volume.stat", {"key": key}),
+                                   ("SR.stat", {}), ("SR.tree", {})):
                 times = []
                 for _ in range(self.args.repeat):
                     t = time.perf_counter()
@@ -496,15 +504,16 @@ class Bench:
                     if method == "Volume.snapshot":
                         plugin.call("Volume.destroy", sr=self.sr_uri, key=result["key"])
                 row[method] = statistics.median(times)
-            for label, argv in (("python -c pass", ["-c", "pass"]),
-                                ("python -S -c pass", ["-S", "-c", "pass"])):
-                times = []
-                for _ in range(self.args.repeat):
-                    t = time.perf_counter()
-                    subprocess.run([sys.executable, *argv], env=env, check=True)
-                    times.append(time.perf_counter() - t)
-                row[label] = statistics.median(times)
+            registry.close()
             out[mode] = row
+        for label, argv in (("python -c pass", ["-c", "pass"]),
+                            ("python -S -c pass", ["-S", "-c", "pass"])):
+            times = []
+            for _ in range(self.args.repeat):
+                t = time.perf_counter()
+                subprocess.run([sys.executable, *argv], check=True)
+                times.append(time.perf_counter() - t)
+            out[label] = statistics.median(times)
         self.gc()                      # the snapshots above left a chain
         # SR.scan so the server's records match what the GC did outside it
         self.x.SR.scan(self.sr)
@@ -533,7 +542,7 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
     snap, clone = snaps["snapshot"], snaps["clone"]
     rounds, cps, interior = coal["rounds"], coal["cp"], coal["interior"]
     last = rounds[-1]
-    rest = last["seconds"] - last["copy"] - last["rename"] - last["plugin"]
+    rest = last["seconds"] - last["copy"] - last["rename"] - last["free"] - last["plugin"]
     gc_rates = [r["data"] / r["seconds"] / 1e6 for r in rounds]
     copy_rates = [r["data"] / r["copy"] / 1e6 for r in rounds]
     cp_rates = [args.written / c["seconds"] / 1e6 for c in cps]
@@ -546,10 +555,9 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
     coal_ok = ratio >= COALESCE_TARGET
     interior_rate = interior["data"] / interior["seconds"] / 1e6
     dwb = os.environ.get("PYTHONDONTWRITEBYTECODE")
-    lat_conf, lat_pyc = lat["as configured"], lat["bytecode cache"]
-    handler_calls = ["Volume.snapshot", "SR.tree", "SR.stat", "Volume.stat", "SR.tree"]
-    sum_conf = sum(lat_conf[m] for m in handler_calls)
-    sum_pyc = sum(lat_pyc[m] for m in handler_calls)
+    lat_fork, lat_proc = lat["fork server"], lat["a process per call"]
+    # VDI.snapshot: Volume.snapshot, then Volume.stat and SR.stat side by side
+    handler_fork = lat_fork["Volume.snapshot"] + max(lat_fork["Volume.stat"], lat_fork["SR.stat"])
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
 
     def disk_row(r: dict) -> str:
@@ -623,61 +631,42 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
            "",
            "**Where the time goes.**  A GC pass, last leaf round: "
            f"{last['seconds']:.2f} s = copy {last['copy'] - last['fsync']:.2f} s + its `fsync` "
-           f"{last['fsync']:.2f} s + commit renames {last['rename']:.2f} s (the last one "
-           f"frees the old {human(args.written)} leaf) + plugin calls {last['plugin']:.2f} s "
-           f"({last['calls']}) + the rest {rest:.2f} s.",
+           f"{last['fsync']:.2f} s + commit renames {last['rename']:.2f} s + deleting the "
+           f"replaced {human(args.written)} leaf {last['free']:.2f} s (from a thread, after "
+           f"the unpause) + plugin calls {last['plugin']:.2f} s ({last['calls']}) + the rest "
+           f"{rest:.2f} s (the deletion overlaps the last plugin calls, so the parts may add "
+           "up to a little more than the pass).",
            "",
-           f"`VDI.snapshot` runs five plugin processes, one after the other: "
-           "`Volume.snapshot`, `SR.tree` (the new VDI's `vhd-parent`), `SR.stat` (the SR's "
-           "sizes), `Volume.stat` and `SR.tree` again (the source VDI's fields) — "
-           "`xapi/impl/storage.py` `_child`; `VDI.clone` the same.  Each measured directly "
-           f"(median of {args.repeat}):",
+           "`VDI.snapshot` (and `VDI.clone`) make three plugin calls: `Volume.snapshot`, "
+           "then `Volume.stat` (the source VDI's new size and `vhd-parent`) and `SR.stat` "
+           "(the SR's sizes) side by side; the new VDI's `vhd-parent` comes with the "
+           "volume `Volume.snapshot` returns.  The server runs the project's Python "
+           "plugins through a fork server that has imported their modules once "
+           "(`xapi/backends/storage/launcher.py`): still a process per call running the "
+           "method's executable with JSON on stdin.  Each call measured directly (median "
+           f"of {args.repeat}); *handler's calls* = `Volume.snapshot` + the slower of the "
+           "other two:",
            "",
-           "| | Volume.snapshot | SR.tree | SR.stat | Volume.stat | sum of the 5 calls | "
-           "`python -c pass` | `python -S -c pass` |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for mode, row, total in (("as configured", lat_conf, sum_conf),
-                             ("with a bytecode cache", lat_pyc, sum_pyc)):
-        md.append(f"| {mode} | {ms(row['Volume.snapshot'])} | {ms(row['SR.tree'])} | "
-                  f"{ms(row['SR.stat'])} | {ms(row['Volume.stat'])} | {ms(total)} | "
-                  f"{ms(row['python -c pass'])} | {ms(row['python -S -c pass'])} |")
-    md.append("")
+           "| plugin processes | Volume.snapshot | Volume.stat | SR.stat | SR.tree | "
+           "handler's calls |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for mode, row in (("fork server (the server's way)", lat_fork),
+                      ("a process per call", lat_proc)):
+        calls = row["Volume.snapshot"] + max(row["Volume.stat"], row["SR.stat"])
+        md.append(f"| {mode} | {ms(row['Volume.snapshot'])} | {ms(row['Volume.stat'])} | "
+                  f"{ms(row['SR.stat'])} | {ms(row['SR.tree'])} | {ms(calls)} |")
+    md += ["",
+           f"For scale: `python -c pass` {ms(lat['python -c pass'])}, `python -S -c pass` "
+           f"{ms(lat['python -S -c pass'])}"
+           + (f" (this environment sets `PYTHONDONTWRITEBYTECODE={dwb}`: a process per call "
+              "compiles the plugin's modules every time)." if dwb else "."),
+           ""]
     if not (snap_ok and clone_ok):
-        share = sum_conf / snap["median"]
-        md += ["**Snapshot/clone target missed.**  Hotspot: the five plugin processes.  "
-               f"Measured one by one they take ≈{sum_conf * 1000:.0f} ms together, against "
-               f"a {snap['median'] * 1000:.0f} ms median for the whole `VDI.snapshot` "
-               + ("— nearly all of it (the server's own work, database, records and XML-RPC, "
-                  "is lost in the noise of these figures)." if share >= 0.8 else
-                  f"— {share:.0%} of it; the server's own work (database, records, XML-RPC) "
-                  "is the rest.")
-               + "  Each plugin "
-               f"call is a fresh interpreter: {ms(lat_conf['python -c pass'])} just to start "
-               f"Python with `site` ({ms(lat_conf['python -S -c pass'])} without), then the "
-               "imports and the call itself."
-               + (f"  `PYTHONDONTWRITEBYTECODE={dwb}` in this environment makes every plugin "
-                  "process compile `vhd.py` and `plugins.py` again: "
-                  f"{ms((sum_conf - sum_pyc) / 5)} per call on average."
-                  if dwb else ""),
-               "",
-               "Suggestions, largest gain first:",
-               "",
-               "1. One plugin call per `VDI.snapshot`/`VDI.clone` instead of five: the "
-               "handler can take the new VDI's fields from `Volume.snapshot`'s result, "
-               "derive both `vhd-parent`s (they are the new hidden base, whose key the "
-               "plugin could return), and refresh the SR's sizes later (as xapi does "
-               "on `SR.scan`/`SR.update`) — `xapi/impl/storage.py` `_child`, `_new_vdi`, "
-               "`_refresh_vdi`.  Saves ≈"
-               f"{(sum_conf - lat_conf['Volume.snapshot']) * 1000:.0f} ms.",
-               "2. Start Python plugins with `-S` (and a bytecode cache where the "
-               "installation is read-only): `plugins.Plugin.call_with` already puts the "
-               "project on `PYTHONPATH`, so `site` (the venv and its editable-install "
-               "finder) is not needed — ≈"
-               f"{(lat_conf['python -c pass'] - lat_conf['python -S -c pass']) * 1000:.0f} ms "
-               "per call.",
-               "3. Below that, a process per call costs ~10–20 ms on its own: a persistent "
-               "plugin worker (xapi-storage-script runs one process per call too) would be "
-               "needed to reach ≤ 50 ms with several calls.",
+        md += ["**Snapshot/clone target missed.**  The handler's plugin calls take "
+               f"≈{handler_fork * 1000:.0f} ms of the {snap['median'] * 1000:.0f} ms median; "
+               "`Volume.snapshot` itself is mostly `fsync`s (journal, the new files and "
+               "directory before the commit, the hidden base after it); the rest is the "
+               "server's own work (operation marking, the database, XML-RPC).",
                ""]
     if not coal_ok:
         copy_only = args.written / (last["copy"] - last["fsync"]) / 1e6
@@ -687,22 +676,11 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
                "cProfile of one more GC round (own time):", ""]
         md += [f"* {line}" for line in profile_lines]
         md += ["",
-               f"The copy itself (`preadv` + `pwrite` of 2 MiB blocks through one reused "
-               f"buffer) ran at {copy_only:.0f} MB/s in that round (`cp`: {cp_rate:.0f} MB/s "
-               "median); the rest is work `cp` does not do: the `fsync` before the commit (a rename reaching the disk "
-               "before the merged data could lose the volume on a crash), freeing the old "
-               "leaf (the space the GC is there to reclaim) and four plugin processes per "
-               "pass (two `SR.tree`, `Datapath.pause`, `Datapath.unpause`: a fixed cost, "
-               "smaller per byte on bigger merges).  Tried while writing this benchmark "
-               "and not kept: `os.copy_file_range` per block (half the rate of `pread`/`pwrite` "
-               "with a reused buffer here) and flush-behind (`posix_fadvise(DONTNEED)` every "
-               "64 MiB to start writeback during the copy: 0.96 s against 0.77 s per GiB).  "
-               "Suggestions: skip the `fsync` only where the storage guarantees ordering "
-               "(never on a plain filesystem); unlink the old leaf after releasing the SR "
-               "lock and copy the bulk of a big leaf before taking it (sm's snapshot-coalesce "
-               "does the latter) — both shorten the time other SR operations wait, not the "
-               "pass; start plugins without `site` (suggestion 2 above) to shave the fixed "
-               "cost.",
+               f"The copy itself ran at {copy_only:.0f} MB/s in that round (`cp`: "
+               f"{cp_rate:.0f} MB/s median); the rest is work `cp` does not do: the "
+               "`fsync` before the commit (a rename reaching the disk before the merged "
+               "data could lose the volume on a crash), deleting the replaced leaf (the "
+               "space the GC is there to reclaim) and four plugin calls per pass.",
                ""]
     md.append(f"Targets met: snapshot {yes(snap_ok)}, clone {yes(clone_ok)}, "
               f"coalesce {yes(coal_ok)}.")
@@ -720,9 +698,10 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
         f"{cp_rate:.0f} MB/s (cp+fsync {cps_rate:.0f}): ratio {ratio:.2f} "
         f"(target ≥ {COALESCE_TARGET:.2f}: {yes(coal_ok)})",
         f"GC interior coalesce {interior_rate:.0f} MB/s",
-        f"  last round: {rounds[-1]['calls']}",
-        f"plugin calls of VDI.snapshot, sum as configured {ms(sum_conf)}, with a bytecode "
-        f"cache {ms(sum_pyc)}",
+        f"  last round: {last['seconds']:.2f} s = copy {last['copy'] - last['fsync']:.2f} + "
+        f"fsync {last['fsync']:.2f} + renames {last['rename']:.2f} + free {last['free']:.2f} "
+        f"+ plugin calls {last['plugin']:.2f} ({last['calls']}) + rest {rest:.2f}",
+        f"plugin calls of VDI.snapshot (fork server) ≈ {ms(handler_fork)}",
     ]
     if profile_lines:
         console += ["GC hotspots:"] + [f"  {line}" for line in profile_lines]

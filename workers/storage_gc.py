@@ -29,7 +29,9 @@ the tree lists nothing to do:
    rename it over ``<L>.vhd``: the volume keeps its key, metadata and
    datapath state), release the lock, ``Datapath.unpause`` -- which bumps the
    volume's datapath generation and hands back the new chain, so the holder
-   (a running VM's disk) reopens it.  A leaf whose datapath plugin cannot
+   (a running VM's disk) reopens it.  The old ``<L>.vhd`` is kept as
+   ``<L>.vhd.old`` through the commit and deleted after the unpause, from a
+   thread: freeing its blocks holds up neither the VM nor the SR's lock.  A leaf whose datapath plugin cannot
    pause is left alone.
 
 An SR where ``SR.tree`` reports an unreadable VHD is left alone (reported
@@ -108,6 +110,7 @@ log = logging.getLogger("xapi.storage_gc")
 
 JOURNAL_DIR = "storage-gc"
 MERGED = ".merged"          # the file SR protocol's staging name: <leaf path>.merged
+OLD = ".old"                # and the replaced leaf's: <leaf path>.old
 MAX_STEPS = 10_000          # actions on one SR in one pass (each removes a node)
 MAX_RELINK_ROUNDS = 20
 
@@ -264,6 +267,7 @@ class SrCollector:
         self.skip_leaves = set(skip_leaves)
         self.report = SrReport(sr=name)
         self._lock_path = ""
+        self._freeing: list[threading.Thread] = []
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -356,8 +360,22 @@ class SrCollector:
                         break
                     tree = None
         finally:
+            for thread in self._freeing:
+                thread.join()
             self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _free_later(self, path: str) -> None:
+        """Delete a replaced file from a thread (the pass waits for it at its
+        end): freeing a big file's blocks takes a while, and nobody needs to
+        wait for it -- a leftover is deleted by the plugin (``<leaf>.vhd.old``)."""
+        def free() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+        thread = threading.Thread(target=free, name="storage-gc-free")
+        thread.start()
+        self._freeing.append(thread)
 
     def _step(self, tree: dict) -> bool:
         """Do one thing the tree lists; False when there is nothing left."""
@@ -531,6 +549,7 @@ class SrCollector:
         self._unpause_all(entry)
         self.journal.clear()
         if done:
+            self._free_later(entry["leaf_path"] + OLD)
             self.report.leaf_coalesced.append(key)
         else:
             self.report.skipped[key] = "changed under the GC"
@@ -554,6 +573,11 @@ class SrCollector:
         with vhd.open(staged, writable=True) as image:
             image.set_hidden(False)
         self._mark("leaf-unhidden")
+        replaced = leaf_path + OLD
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(replaced)             # a leftover; the plugin deletes those too
+        # keeps the old leaf's blocks until after the unpause (_free_later)
+        os.link(leaf_path, replaced)
         os.replace(staged, leaf_path)
         _fsync_dir(directory)
         return True

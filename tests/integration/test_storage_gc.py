@@ -107,7 +107,8 @@ def check_done(sr: FileSR) -> dict:
             assert len(node["children"]) >= 2, node     # a real branch point
         assert not (node["datapath"] or {}).get("paused"), node
     assert not os.path.exists(os.path.join(sr.state_dir, "sr.json"))
-    assert not [n for n in os.listdir(sr.path) if n.endswith(".merged")]
+    # nor the staged commit of a leaf-coalesce, nor the file it replaced
+    assert not [n for n in os.listdir(sr.path) if n.endswith((".merged", ".old"))]
     return tree
 
 

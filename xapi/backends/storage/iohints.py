@@ -6,8 +6,8 @@ page while the data is written (delayed allocation).  Starting the writeback
 from another thread while the copy goes on (:class:`Flusher`) lets the disk
 and the copy work at the same time, instead of one ``fsync`` writing
 everything at the end.  The source of a coalesce is deleted afterwards:
-dropping its cached pages while the destination's ``fsync`` waits takes that
-work out of the deletion.
+dropping its cached pages from that thread as the copy goes takes that work
+out of the deletion.
 """
 
 from __future__ import annotations
@@ -76,49 +76,68 @@ def _load_sync_file_range():
 
 class Flusher:
     """Starts the writeback of a file's dirty pages from a thread of its own
-    while the caller goes on writing (``wrote`` after each write).  Queueing
-    pages for writing costs CPU time (building the requests), which is why it
-    is not done in the writing thread: there it would only add to the copy.
-    ``fsync`` is still what makes the data durable."""
+    while the caller goes on writing (``wrote`` after each write), and drops
+    the cached pages of source ranges the caller is done with (``done_with``:
+    a source deleted afterwards).  Queueing pages for writing and freeing
+    pages cost CPU time, which is why neither is done in the copying thread:
+    there they would only add to the copy.  ``fsync`` is still what makes the
+    data durable; :meth:`stop` returns once the thread is done."""
 
-    def __init__(self, fd: int, chunk: int = 64 << 20):
+    def __init__(self, fd: int, source_fd: int = -1, chunk: int = 64 << 20):
         import threading
 
         self.fd = fd
+        self.source_fd = source_fd
         self.chunk = chunk
         self._pending = 0
         self._fn = _load_sync_file_range()
         self._cond = threading.Condition()
-        self._due = 0
+        self._due = False
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="flusher", daemon=True) \
-            if self._fn else None
-        if self._thread is not None:
-            self._thread.start()
+        self._drops: list[tuple[int, int]] = []
+        self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+        self._thread.start()
 
     def wrote(self, nbytes: int) -> None:
-        if self._thread is None:
-            return
         self._pending += nbytes
         if self._pending >= self.chunk:
             self._pending = 0
             with self._cond:
-                self._due += 1
+                self._due = True
                 self._cond.notify()
+
+    def done_with(self, offset: int, length: int) -> None:
+        if self.source_fd >= 0:
+            with self._cond:
+                self._drops.append((offset, length))
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._due and not self._stopped:
                     self._cond.wait()
-                if self._stopped:
-                    return
-                self._due = 0
-            self._fn(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)   # a hint: failures change nothing
+                stopped, self._due = self._stopped, False
+                drops, self._drops = self._drops, []
+            if not stopped and self._fn:
+                self._fn(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)   # a hint: failures change nothing
+            for offset, length in _merged(drops):
+                drop_cache(self.source_fd, offset, length)
+            if stopped:
+                return
 
     def stop(self) -> None:
-        if self._thread is not None:
-            with self._cond:
-                self._stopped = True
-                self._cond.notify()
-            self._thread.join()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for offset, length in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] >= offset:
+            start = out[-1][0]
+            out[-1] = (start, max(out[-1][1], offset + length - start))
+        else:
+            out.append((offset, length))
+    return out

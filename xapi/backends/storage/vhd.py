@@ -1199,12 +1199,10 @@ def coalesce_into_parent(child_path: str, *,
     it are the caller's business.
 
     Speed (see ``iohints``): the room for the blocks the parent lacks is
-    reserved before the copy, the parent's writeback is started from another
-    thread while the copy goes on (so the final ``fsync`` has little left to
-    write), and ``drop_child_cache`` drops the child's cached pages while that
-    ``fsync`` waits (for a caller that deletes the child next)."""
-    import threading
-
+    reserved before the copy, and another thread starts the parent's
+    writeback while the copy goes on (so the final ``fsync`` has little left
+    to write) and, with ``drop_child_cache`` (for a caller that deletes the
+    child next), drops the child's cached pages once copied."""
     from . import iohints
 
     with Vhd(child_path) as child:
@@ -1227,22 +1225,13 @@ def coalesce_into_parent(child_path: str, *,
             # blocks the parent lacks are appended: room for all of them at once
             missing = sum(1 for b in blocks if parent._bat[b] == BLOCK_UNUSED)
             parent.reserve(missing * (parent._bitmap_bytes + parent.block_size))
-            flusher = iohints.Flusher(parent._fd)
+            flusher = iohints.Flusher(parent._fd, child._fd if drop_child_cache else -1)
             try:
                 _copy_blocks(child, parent, blocks, buf, progress, flusher)
             finally:
                 flusher.stop()
                 parent.end_reserve()
-            if not drop_child_cache:
-                parent.flush()
-                return total
-            dropping = threading.Thread(target=iohints.drop_cache, args=(child._fd,),
-                                        name="drop-cache")
-            dropping.start()
-            try:
-                parent.flush()
-            finally:
-                dropping.join()
+            parent.flush()
             return total
 
 
@@ -1264,5 +1253,6 @@ def _copy_blocks(child: Vhd, parent: Vhd, blocks: list[int], buf: memoryview,
                     _pread_into(child._fd, data, data_at + a * SECTOR)
                     parent._write_sectors(first + a, data)
                     flusher.wrote(len(data))
+            flusher.done_with(data_at - child._bitmap_bytes, child._bitmap_bytes + child.block_size)
         if progress is not None:
             progress(done, total)

@@ -22,6 +22,7 @@ Directory layout::
     <uuid>.json         its metadata: name, description, keys, sharable, read_write
     .journal/<uuid>.json  a snapshot/clone of <uuid> in progress
     <uuid>.vhd.merged   a leaf-coalesce of <uuid> being committed (see below)
+    <uuid>.vhd.old      the file a leaf-coalesce of <uuid> replaced, to delete
     .datapath/<uuid>.vhd.json  datapath state (sr_dir)
 
 New volumes are dynamic VHDs, sized up to whole 2 MiB blocks as sm does.
@@ -80,10 +81,14 @@ lock) and is finished by this plugin if the GC dies half-way:
 2. clear the hidden flag of ``<leaf>.vhd.merged``;
 3. rename ``<leaf>.vhd.merged`` over ``<leaf>.vhd``: the volume keeps its
    key, metadata and datapath state, its contents now need one file less.
+   The GC may first link the old ``<leaf>.vhd`` as ``<leaf>.vhd.old`` and
+   delete that once it has unpaused the leaf and released the lock, so that
+   freeing the old file's blocks holds up neither.
 
 Step 1 comes only after the coalesce completed, so a ``<leaf>.vhd.merged``
 always holds the whole volume: the next call that takes the lock (``SR.tree``,
-``SR.attach``, every change) does steps 2 and 3 for any it finds.
+``SR.attach``, every change) does steps 2 and 3 for any it finds, and deletes
+a ``<leaf>.vhd.old`` left behind.
 The GC must not call the plugin while holding the lock.
 
 Errors (see ``plugins.sm_error``): missing ``path`` -> 115; the directory
@@ -130,6 +135,7 @@ VOLUME_SCHEME = "vhd+file"
 SR_META = ".sr.json"
 JOURNALS = ".journal"
 MERGED = ".merged"                    # <leaf>.vhd.merged: a leaf-coalesce being committed
+OLD = ".old"                          # <leaf>.vhd.old: the file a leaf-coalesce replaced
 MAX_CHAIN = 30                        # sm's vhdutil.MAX_CHAIN_SIZE
 SIZE_UNIT = vhd.DEFAULT_BLOCK_SIZE
 KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -360,6 +366,9 @@ class FileSR:
                     image.set_hidden(False)
             os.replace(merged, leaf)
             sr_dir.fsync_dir(self.path)
+        for old in glob.glob(os.path.join(glob.escape(self.path), "*.vhd" + OLD)):
+            if KEY.match(os.path.basename(old)[:-len(".vhd" + OLD)]):
+                sr_dir.remove(old)
         for journal in self.pending():
             leaf, base = self.vhd_path(journal["leaf"]), self.vhd_path(journal["base"])
             committed = (os.path.exists(leaf) and os.path.exists(base)
