@@ -75,6 +75,8 @@ def close_runtime(rt: Runtime, keep_simulator: bool = False) -> None:
     listener = rt.extra.get("listener")
     if listener is not None:
         listener.stop()
+    if rt.storage is not None:
+        rt.storage.registry.close()  # the storage plugins' fork server
     rt.executor.shutdown(wait=False)
     rt.db.close()
 
