@@ -59,6 +59,14 @@ def test_exit_status_exceptions_and_signals(launcher, tmp_path):
                                                ["x"], b"", 10)[2]
 
 
+def test_a_script_that_does_not_compile(launcher, tmp_path):
+    bad = script(tmp_path, "def broken(:\n")
+    code, out, err, _ = launcher.run(bad, [bad], b"", 10)
+    assert code == 1 and out == b"" and b"SyntaxError" in err
+    good = script(tmp_path, "print('still here')\n")
+    assert launcher.run(good, [good], b"", 10)[:2] == (0, b"still here\n")
+
+
 def test_timeout_kills_the_session(launcher, tmp_path):
     marker = tmp_path / "grandchild-alive"
     path = script(tmp_path, f"""

@@ -9,7 +9,7 @@ executable file as ``__main__``, exactly as ``python <script> --json`` would:
 its own process and session, the call's JSON on stdin, the result on stdout,
 its exit status reported back.  The plugin contract is unchanged; only the
 interpreter start-up and the imports are shared (copy-on-write).  Scripts are
-compiled once per (path, mtime, size).
+compiled once per (real path, mtime, size).
 
 Wire (a ``SOCK_SEQPACKET`` pair, the server holding one end): the caller
 sends ``{"path", "argv", "cwd"}`` with four file descriptors: the child's
@@ -222,7 +222,7 @@ def _serve(fd: int) -> None:
                     msg, fds = b"", []
                 if not msg:
                     os._exit(0)          # the caller is gone
-                _start(msg, fds, codes, waiting, (ctl.fileno(), wake_r, wake_w))
+                _start(msg, fds, codes, waiting)
             else:
                 os.read(wake_r, 512)
         while waiting:
@@ -242,23 +242,26 @@ def _serve(fd: int) -> None:
 
 
 def _compiled(path: str, codes: dict) -> object:
-    st = os.stat(path)
+    # by the file's real path: a plugin's methods are often links to one script
+    real = os.path.realpath(path)
+    st = os.stat(real)
     stamp = (st.st_mtime_ns, st.st_size)
-    cached = codes.get(path)
+    cached = codes.get(real)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    with open(path, "rb") as f:
-        code = compile(f.read(), path, "exec", dont_inherit=True)
-    codes[path] = (stamp, code)
+    with open(real, "rb") as f:
+        code = compile(f.read(), real, "exec", dont_inherit=True)
+    codes[real] = (stamp, code)
     return code
 
 
-def _start(msg: bytes, fds: list[int], codes: dict, waiting: dict, own: tuple[int, ...]) -> None:
+def _start(msg: bytes, fds: list[int], codes: dict, waiting: dict) -> None:
     if len(fds) != 4:
         for fd in fds:
             os.close(fd)
         return
     status = socket.socket(fileno=fds[3])
+    req = None
     try:
         req = json.loads(msg)
         code = _compiled(req["path"], codes)
@@ -269,7 +272,7 @@ def _start(msg: bytes, fds: list[int], codes: dict, waiting: dict, own: tuple[in
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        _child(req if code is not None else None, code, fds, own)
+        _child(req if code is not None else None, code, fds)
     for fd in fds[:3]:
         os.close(fd)
     try:
@@ -279,7 +282,15 @@ def _start(msg: bytes, fds: list[int], codes: dict, waiting: dict, own: tuple[in
     waiting[pid] = status
 
 
-def _child(req: dict | None, code, fds: list[int], own: tuple[int, ...]) -> None:
+def _fd_limit() -> int:
+    """One past the highest open file descriptor (as far as we can tell)."""
+    try:
+        return max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return 65536
+
+
+def _child(req: dict | None, code, fds: list[int]) -> None:
     import signal
     import types
 
@@ -290,7 +301,7 @@ def _child(req: dict | None, code, fds: list[int], own: tuple[int, ...]) -> None
         os.setsid()
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
-        os.closerange(3, 1 << 20)
+        os.closerange(3, _fd_limit())
         if req is None:
             os._exit(1)
         os.chdir(req["cwd"])

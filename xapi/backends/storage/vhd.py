@@ -31,7 +31,10 @@ Semantics
   bit that exposes it (of a dynamic disk, bitmap first).  A process killed
   anywhere leaves a file whose copy of the footer at offset 0 is valid and
   whose BAT references only complete blocks; opening it writable repairs the
-  trailing footer.  Re-running the interrupted operation converges.
+  trailing footer.  Re-running the interrupted operation converges.  (A
+  coalesce preallocates the room for all its new blocks and writes the
+  trailing footer once at the end: ``Vhd.reserve``.)  Nothing here is
+  durable before ``flush``/``close``, which ``fsync`` a file written to.
 * Creator application ``"tap\\0"`` (the code XenServer's blktap writes).
   qemu's ``vpc`` driver derives the disk size from the CHS geometry unless the
   creator is one it knows to store the exact size in ``current_size``
