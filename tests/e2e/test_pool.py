@@ -160,7 +160,8 @@ def test_xo_follows_host_is_slave_to_the_master(pool, node_client, transport):  
     assert len(dom0_hosts) == 3  # every host's control domain, through the master
 
 
-def test_vms_run_across_hosts_and_migrate_on_shared_storage(pool, tmp_path_factory):
+def test_vms_run_across_hosts_and_migrate_on_shared_storage(pool, tmp_path_factory,
+                                                             node_client):  # noqa: F811
     a = login(pool["A"]).xenapi
     hosts = {a.host.get_address(h): h for h in a.host.get_all()}
     master = hosts["127.0.0.1"]
@@ -192,6 +193,16 @@ def test_vms_run_across_hosts_and_migrate_on_shared_storage(pool, tmp_path_facto
     a.VM.pool_migrate(moving, hosts["127.0.0.3"], {"live": "true"})
     assert a.VM.get_resident_on(moving) == hosts["127.0.0.3"]
     assert a.VM.get_power_state(moving) == "Running"
+    # XO, pointed at a member, sees the guests running on every host through the master.
+    running = {a.VM.get_uuid(vm): a.VM.get_resident_on(vm) for vm in [*vms.values(), anywhere]}
+    args = {"url": pool["C"].url, "user": "root", "password": PW, "transport": "xml-rpc",
+            "expectVms": 3 + len(running), "expectHosts": 3}
+    done = subprocess.run([node_client, str(PROBE), json.dumps(args)], cwd=JS_DIR,
+                          capture_output=True, text=True, timeout=90)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ok"], report
+    seen = {vm["uuid"]: (vm["power_state"], vm["resident_on"]) for vm in report["result"]["vms"]}
+    assert {u: seen.get(u) for u in running} == {u: ("Running", h) for u, h in running.items()}
     for vm in [*vms.values(), anywhere]:
         a.VM.hard_shutdown(vm)
         assert a.VM.get_power_state(vm) == "Halted"
