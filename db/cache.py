@@ -16,8 +16,8 @@ Relation sets (``VM.VBDs``) are not stored; ``links`` indexes the other side
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -55,6 +55,10 @@ class Change:
     modified: int
 
 
+def _generation(entry: tuple) -> int:
+    return entry[0]
+
+
 def _targets(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         return () if value == NULL_REF or not value else (value,)
@@ -70,7 +74,8 @@ class ObjectCache:
         self.tables: dict[str, dict[str, Row]] = {name: {} for name in self.classes}
         self.uuids: dict[str, dict[str, str]] = {name: {} for name in self.classes}
         # (generation, cls, ref, op, created) per applied change, in generation order.
-        self.journal: deque[tuple[int, str, str, str, int]] = deque()
+        # A list, not a deque: lock-free readers bisect it and copy only its tail.
+        self.journal: list[tuple[int, str, str, str, int]] = []
         # The journal is complete for tokens at or after this generation.
         self.journal_floor = 0
         self.generation = 0
@@ -126,9 +131,15 @@ class ObjectCache:
     # -- writes (callers hold `lock`, in generation order) ---------------------
 
     def _journal(self, entry: tuple) -> None:
-        if len(self.journal) >= JOURNAL_SIZE:
-            self.journal_floor = max(self.journal_floor, self.journal.popleft()[0])
-        self.journal.append(entry)
+        journal = self.journal
+        journal.append(entry)
+        if len(journal) >= JOURNAL_SIZE + JOURNAL_SIZE // 4:
+            # Forget the oldest quarter at once (amortised), into a new list so that
+            # readers holding the old one still see it whole.  Floor first: a reader
+            # that sees the new list must also see the new floor.
+            cut = len(journal) - JOURNAL_SIZE
+            self.journal_floor = max(self.journal_floor, journal[cut - 1][0])
+            self.journal = journal[cut:]
 
     def apply(self, changes: list[Change], generation: int, *, baseline: bool = False) -> None:
         """Install committed changes.  ``baseline`` marks a full load: not journalled."""
@@ -177,24 +188,19 @@ class ObjectCache:
             if generation > self.generation:
                 self.generation = generation
             if baseline:
-                self.journal.clear()
+                self.journal = []
                 self.journal_floor = self.generation
         for listener in self.listeners:
             listener(generation, changes)
 
     def changes_since(self, since: int) -> list[tuple[int, str, str, str, int]] | None:
         """Journal entries after generation ``since`` in order; None if some were forgotten."""
+        journal = self.journal  # appends only grow this list; a trim replaces it
         if since < self.journal_floor:
             return None
-        journal = list(self.journal)
-        lo, hi = 0, len(journal)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if journal[mid][0] <= since:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = bisect.bisect_right(journal, since, hi=len(journal), key=_generation)
         return journal[lo:]
+
     def _relink(self, ch: Change, old: Row | None, touched: set) -> None:
         for rel in self._outgoing.get(ch.cls, ()):
             before = set(_targets(old.values.get(rel.from_field))) if old else set()

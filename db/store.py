@@ -7,7 +7,17 @@ Every change goes through ``Database.write()``.  At commit the transaction
    order and an ``event.from`` token never skips a change),
 2. stamps ``_created``/``_modified`` on every touched row and records one
    ``xapi_changes`` entry per object (add, mod or del),
-3. re-reads the touched rows, commits, and hands them to the object cache.
+3. commits, and hands the touched rows to the object cache.
+
+The rows handed to the cache are not read back: the transaction knows what
+it wrote, and when no other process committed since the cache's generation
+(always, on SQLite) the cached row plus this transaction's changes is the
+stored row.  Otherwise the touched rows are re-read before the commit.
+Reads inside a transaction take the cached row too when its ``_modified``
+matches the database's (on PostgreSQL that read also locks the row).  The
+hot statements run on the DBAPI connection with SQL built once
+(``db/rawsql.py``); ``XAPI_DB_VERIFY=1`` compares every row the cache gets
+with the database (the test suite sets it).
 
 Writing a relation field (``VBD.VM``) also touches the objects on the other
 side (the VM), because their derived sets (``VM.VBDs``) changed too.
@@ -17,11 +27,13 @@ A transaction that raises is rolled back whole: no partial write survives.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import Table, create_engine, event, select, text, update, insert, delete
+from sqlalchemy import Table, create_engine, event, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xapi.errors import ApiError
@@ -30,8 +42,14 @@ from xapi.idl.types import NULL_REF
 
 from . import migrate
 from .cache import Change, ObjectCache, _targets
+from .rawsql import RawSql
 from .schema import metadata, stored_classes, table_name
-from .values import from_column, to_column
+from .values import from_column, normalize
+
+
+# A kept writer connection idle this long is pinged before use (PostgreSQL may
+# have restarted meanwhile); a busy one never is.
+_IDLE_PING = 1.0
 
 
 NOTIFY_CHANNEL = "xapi_changes"
@@ -59,6 +77,18 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def _copy(value: Any) -> Any:
+    """A copy of a JSON-shaped value, so a caller cannot change a cached row."""
+    if type(value) is dict:
+        return {k: _copy(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+    if type(value) is list:
+        return [_copy(v) if type(v) in _CONTAINERS else v for v in value]
+    return value
+
+
+_CONTAINERS = (dict, list)
+
+
 class Database:
     def __init__(self, url: str, model: Model | None = None):
         self.url = url
@@ -72,6 +102,11 @@ class Database:
         # One in-process writer at a time: keeps SQLite happy and makes the
         # cache see commits in generation order.
         self._write_lock = threading.Lock()
+        self.raw_sql = RawSql(self.engine.dialect)
+        # The writers' connection, kept: they run one at a time anyway.
+        self._writer: Connection | None = None
+        self._writer_used = 0.0
+        self.verify = os.environ.get("XAPI_DB_VERIFY", "") not in ("", "0")
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -91,6 +126,8 @@ class Database:
         self.cache.apply(changes, generation, baseline=True)
 
     def close(self) -> None:
+        with self._write_lock:
+            self._drop_writer()
         self.engine.dispose()
 
     @property
@@ -102,9 +139,11 @@ class Database:
     @contextmanager
     def write(self) -> Iterator["Transaction"]:
         with self._write_lock:
-            with self.engine.connect() as conn:
-                tx = Transaction(self, conn)
+            conn = self._writer_connection()
+            tx = None
+            try:
                 conn.begin()
+                tx = Transaction(self, conn)
                 try:
                     yield tx
                     changes, generation = tx._finish()
@@ -112,13 +151,44 @@ class Database:
                     conn.rollback()
                     raise
                 conn.commit()
-                if changes:
-                    with self.cache.lock:
-                        if generation > self.cache.generation + 1:
-                            # Other processes committed in between: take theirs first,
-                            # so the cache (and event.from) sees generations in order.
-                            self.catch_up(upto=generation - 1)
-                        self.cache.apply(changes, generation)
+            except BaseException:
+                if conn.invalidated or conn.closed or _dbapi_closed(conn):
+                    self._drop_writer()
+                raise
+            finally:
+                self._writer_used = time.monotonic()
+                if tx is not None:
+                    tx.close()
+            if changes:
+                with self.cache.lock:
+                    if generation > self.cache.generation + 1:
+                        # Other processes committed in between: take theirs first,
+                        # so the cache (and event.from) sees generations in order.
+                        self.catch_up(upto=generation - 1)
+                    self.cache.apply(changes, generation)
+
+    def _writer_connection(self) -> Connection:
+        conn = self._writer
+        if conn is not None and self.dialect != "sqlite" \
+                and time.monotonic() - self._writer_used > _IDLE_PING:
+            try:
+                conn.exec_driver_sql("SELECT 1")
+                conn.rollback()
+            except Exception:
+                self._drop_writer()
+                conn = None
+        if conn is None:
+            conn = self._writer = self.engine.connect()
+        return conn
+
+    def _drop_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                pass
 
     def catch_up(self, upto: int | None = None) -> int:
         """Apply changes committed by other processes since the cache's generation.
@@ -157,9 +227,11 @@ class Database:
             return len(batches)
 
     def _change_from_row(self, cls: str, op: str, row) -> Change:
-        fields = self.classes[cls].stored_fields
-        values = {f.name: from_column(f.type, row[f.name]) for f in fields}
-        return Change(cls, row["_ref"], op, values, row["_created"], row["_modified"])
+        return Change(cls, row["_ref"], op, self._values_from_row(cls, row), row["_created"],
+                      row["_modified"])
+
+    def _values_from_row(self, cls: str, row) -> dict[str, Any]:
+        return {f.name: from_column(f.type, row[f.name]) for f in self.classes[cls].stored_fields}
 
     # -- private tables ----------------------------------------------------------
 
@@ -184,7 +256,25 @@ class Transaction:
     def __init__(self, db: Database, conn: Connection):
         self.db = db
         self.conn = conn
-        self._ops: dict[tuple[str, str], str] = {}
+        self._cursor = conn.connection.dbapi_connection.cursor()
+        self._ops: dict[tuple[str, str], str | None] = {}
+        # What this transaction wrote, normalized as the database gives it back:
+        # the whole row of objects it created, the changed fields of others.
+        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._changed: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def close(self) -> None:
+        try:
+            self._cursor.close()
+        except Exception:
+            pass
+
+    def _run(self, sql: str, params: tuple = ()):
+        self._cursor.execute(sql, params)
+        return self._cursor
+
+    def _sql(self, cls: str):
+        return self.db.raw_sql.table(self.db.tables[cls])
 
     # -- reads -------------------------------------------------------------------
 
@@ -195,15 +285,27 @@ class Transaction:
         read-check-write sequences other processes must not interleave with
         (SQLite serialises writers already).
         """
-        table = self.db.tables[cls]
-        query = select(table).where(table.c._ref == ref)
-        if for_update and self.conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = self.conn.execute(query).mappings().first()
-        if row is None:
+        key = (cls, ref)
+        op = self._ops.get(key, "")
+        if op is None or op == "del":
             return None
-        fields = self.db.classes[cls].stored_fields
-        return {f.name: from_column(f.type, row[f.name]) for f in fields}
+        if op == "add":
+            return _copy(self._rows[key])
+        sql = self._sql(cls)
+        found = self._run(sql.modified_for_update if for_update else sql.modified, (ref,)).fetchone()
+        if found is None:
+            return None
+        row = self.db.cache.get(cls, ref)
+        if row is not None and row.modified == found[0]:
+            values = {**row.values, **self._changed.get(key, {})}
+        else:  # the cache has not seen this version (another process wrote it)
+            values = self._select(cls, ref)
+        return _copy(values)
+
+    def _select(self, cls: str, ref: str) -> dict[str, Any]:
+        table = self.db.tables[cls]
+        row = self.conn.execute(select(table).where(table.c._ref == ref)).mappings().one()
+        return self.db._values_from_row(cls, row)
 
     def must_get(self, cls: str, ref: str, *, for_update: bool = False) -> dict[str, Any]:
         values = self.get(cls, ref, for_update=for_update)
@@ -212,31 +314,37 @@ class Transaction:
         return values
 
     def exists(self, cls: str, ref: str) -> bool:
-        table = self.db.tables[cls]
-        return self.conn.execute(select(table.c._ref).where(table.c._ref == ref)).first() is not None
+        op = self._ops.get((cls, ref), "")
+        if op == "add":
+            return True
+        if op is None or op == "del":
+            return False
+        return self._run(self._sql(cls).modified, (ref,)).fetchone() is not None
 
     def ref_of(self, cls: str, uuid: str) -> str | None:
         refs = self.refs_where(cls, uuid=uuid)
         return refs[0] if refs else None
 
     def refs_where(self, cls: str, **equal: Any) -> list[str]:
-        table = self.db.tables[cls]
-        query = select(table.c._ref)
-        for name, value in equal.items():
-            query = query.where(table.c[name] == value)
-        return [r[0] for r in self.conn.execute(query)]
+        sql = self._sql(cls)
+        spec = self.db.classes[cls]
+        params = tuple(sql.bind(name, normalize(spec.fields[name].type, value))
+                       for name, value in equal.items())
+        return [r[0] for r in self._run(sql.refs_where(equal), params).fetchall()]
 
     # -- writes ------------------------------------------------------------------
 
     def insert(self, cls: str, ref: str, values: dict[str, Any]) -> None:
         """Create an object; fields not given take their model initial value."""
         spec = self.db.classes[cls]
-        row = {"_ref": ref, "_created": 0, "_modified": 0}
+        row: dict[str, Any] = {}
         for f in spec.stored_fields:
-            value = values[f.name] if f.name in values else self._initial(f)
-            row[f.name] = to_column(f.type, value)
-        # Values bound at execution: the compiled statement is cached per table.
-        self.conn.execute(insert(self.db.tables[cls]), row)
+            row[f.name] = normalize(f.type, values[f.name] if f.name in values else self._initial(f))
+        sql = self._sql(cls)
+        self._run(sql.insert, sql.row({"_ref": ref, "_created": 0, "_modified": 0, **row}))
+        key = (cls, ref)
+        self._rows[key] = row
+        self._changed.pop(key, None)
         self._mark(cls, ref, "add")
         self._touch_targets(cls, None, values)
 
@@ -246,27 +354,35 @@ class Transaction:
         spec = self.db.classes[cls]
         relational = self._relation_fields(cls) & changes.keys()
         old = self.must_get(cls, ref) if relational else None
-        table = self.db.tables[cls]
-        cols = {name: to_column(spec.fields[name].type, v) for name, v in changes.items()}
-        result = self.conn.execute(update(table).where(table.c._ref == ref).values(cols))
-        if result.rowcount == 0:
+        cols = {name: normalize(spec.fields[name].type, v) for name, v in changes.items()}
+        sql = self._sql(cls)
+        names = tuple(cols)
+        params = tuple(sql.bind(name, cols[name]) for name in names) + (ref,)
+        if self._run(sql.update(names), params).rowcount == 0:
             raise ApiError("HANDLE_INVALID", cls, ref)
+        key = (cls, ref)
+        if key in self._rows:
+            self._rows[key].update(cols)
+        else:
+            self._changed.setdefault(key, {}).update(cols)
         self._mark(cls, ref, "mod")
         if old is not None:
             self._touch_targets(cls, old, {**old, **changes})
 
     def delete(self, cls: str, ref: str) -> None:
         old = self.must_get(cls, ref)
-        table = self.db.tables[cls]
-        self.conn.execute(delete(table).where(table.c._ref == ref))
+        self._run(self._sql(cls).delete, (ref,))
+        self._rows.pop((cls, ref), None)
+        self._changed.pop((cls, ref), None)
         self._mark(cls, ref, "del")
         self._touch_targets(cls, old, None)
 
     # -- task ownership (private table) ------------------------------------------
 
     def set_task_owner(self, task: str, session: str, owner: str) -> None:
-        self.conn.execute(insert(metadata.tables["xapi_task_owner"]).values(
-            task=task, session=session, owner=owner))
+        p = self.db.raw_sql.ph
+        self._run(f"INSERT INTO xapi_task_owner (task, session, owner) VALUES ({p}, {p}, {p})",
+                  (task, session, owner))
 
     def update_task_owner(self, task: str, owner: str) -> None:
         table = metadata.tables["xapi_task_owner"]
@@ -278,9 +394,10 @@ class Transaction:
         return {r.task: (r.session, r.owner) for r in self.conn.execute(select(table))}
 
     def forget_task_owners(self, tasks: list[str]) -> None:
-        table = metadata.tables["xapi_task_owner"]
         if tasks:
-            self.conn.execute(delete(table).where(table.c.task.in_(tasks)))
+            p = self.db.raw_sql.ph
+            self._run(f"DELETE FROM xapi_task_owner WHERE task IN ({', '.join([p] * len(tasks))})",
+                      tuple(tasks))
 
     def touch(self, cls: str, ref: str) -> None:
         """Record a modification without changing a field (event.inject, derived sets)."""
@@ -321,29 +438,67 @@ class Transaction:
         ops = {k: v for k, v in self._ops.items() if v is not None}
         if not ops:
             return [], self.db.cache.generation
-        generation = self.conn.execute(
-            text("UPDATE xapi_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
-        ).scalar_one()
-        self.conn.execute(
-            insert(_changes_table()),
-            [{"generation": generation, "cls": c, "ref": r, "op": op} for (c, r), op in ops.items()],
-        )
+        generation = self._run(self.db.raw_sql.bump_generation()).fetchone()[0]
+        self._cursor.executemany(self.db.raw_sql.log_change(),
+                                 [(generation, c, r, op) for (c, r), op in ops.items()])
         if self.conn.dialect.name == "postgresql":
             # Delivered at commit to every process LISTENing (db/listen.py).
-            self.conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}, '{generation}'"))
-        changes = []
+            self._run(f"NOTIFY {NOTIFY_CHANNEL}, '{generation}'")
+        stamps: dict[tuple[str, str], list[tuple]] = {}
         for (cls, ref), op in ops.items():
-            table = self.db.tables[cls]
-            if op == "del":
-                changes.append(Change(cls, ref, "del", None, 0, generation))
-                continue
-            stamp = {"_modified": generation}
             if op == "add":
-                stamp["_created"] = generation
-            self.conn.execute(update(table).where(table.c._ref == ref).values(stamp))
-            row = self.conn.execute(select(table).where(table.c._ref == ref)).mappings().one()
-            changes.append(self.db._change_from_row(cls, op, row))
+                stamps.setdefault((cls, op), []).append((generation, generation, ref))
+            elif op == "mod":
+                stamps.setdefault((cls, op), []).append((generation, ref))
+        for (cls, op), params in stamps.items():
+            sql = self._sql(cls)
+            self._cursor.executemany(sql.stamp_add if op == "add" else sql.stamp_mod, params)
+        cache = self.db.cache
+        with cache.lock:
+            # Nothing committed between the cache's generation and ours: the cached
+            # rows are what this transaction started from.
+            known = generation == cache.generation + 1
+            changes = [self._change(cls, ref, op, generation, known) for (cls, ref), op in ops.items()]
+        if self.db.verify:
+            self._verify(changes)
         return changes, generation
+
+    def _change(self, cls: str, ref: str, op: str, generation: int, known: bool) -> Change:
+        if op == "del":
+            return Change(cls, ref, "del", None, 0, generation)
+        key = (cls, ref)
+        if op == "add":
+            return Change(cls, ref, op, self._rows[key], generation, generation)
+        row = self.db.cache.get(cls, ref) if known else None
+        if row is None:
+            return Change(cls, ref, op, self._select(cls, ref), self._created(cls, ref), generation)
+        return Change(cls, ref, op, {**row.values, **self._changed.get(key, {})}, row.created, generation)
+
+    def _created(self, cls: str, ref: str) -> int:
+        p = self.db.raw_sql.ph
+        sql = self._sql(cls)
+        return self._run(f"SELECT _created FROM {sql.name} WHERE _ref = {p}", (ref,)).fetchone()[0]
+
+    def _verify(self, changes: list[Change]) -> None:
+        """The rows handed to the cache are the stored rows (XAPI_DB_VERIFY)."""
+        for ch in changes:
+            if ch.op == "del":
+                continue
+            table = self.db.tables[ch.cls]
+            row = self.conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().one()
+            stored = self.db._change_from_row(ch.cls, ch.op, row)
+            if (stored.values, stored.created, stored.modified) != (ch.values, ch.created, ch.modified):
+                diff = {k: (ch.values.get(k), v) for k, v in stored.values.items() if ch.values.get(k) != v}
+                raise AssertionError(f"{ch.cls} {ch.ref}: cached row differs from the stored one: "
+                                     f"{diff} created/modified {(ch.created, ch.modified)} vs "
+                                     f"{(stored.created, stored.modified)}")
+
+
+def _dbapi_closed(conn: Connection) -> bool:
+    try:
+        return bool(getattr(conn.connection.dbapi_connection, "closed", False))
+    except Exception:
+        return True
 
 
 def _changes_table() -> Table:

@@ -8,7 +8,8 @@ xapi's wire form.
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timezone
 from typing import Any
 
 from xapi.idl.types import Type, format_datetime, parse_datetime
@@ -62,3 +63,29 @@ def from_column(ty: Type, value: Any) -> Any:
     if ty.is_scalar:
         return ty.zero() if value is None else value
     return from_json(ty, value)
+
+
+def normalize(ty: Type, value: Any) -> Any:
+    """``value`` as reading it back from its column gives it (what the cache must hold).
+
+    The write path keeps the rows it writes instead of reading them back, so
+    it has to see what the round trip would make of them: JSON turns tuples
+    into lists and map keys into text, a float column gives floats, a
+    datetime column aware UTC datetimes, a NULL the type's zero.
+    """
+    kind = ty.kind
+    if not ty.is_scalar:
+        return from_json(ty, json.loads(json.dumps(to_json(ty, value))))
+    if value is None:
+        return ty.zero()
+    if kind == "float":
+        return float(value) if isinstance(value, int) else value
+    if kind == "int":
+        return int(value) if isinstance(value, bool) else value
+    if kind == "bool":
+        return bool(value) if isinstance(value, int) else value
+    if kind == "datetime":
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value
+    return value if isinstance(value, str) else str(value)

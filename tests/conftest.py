@@ -6,6 +6,7 @@ PostgreSQL (started if it is down); the default is SQLite.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -13,6 +14,10 @@ import warnings
 import pytest
 
 from tests import support
+
+# The write path hands the cache rows it did not read back: have it check them
+# against the database in every test (servers started by tests inherit this).
+os.environ.setdefault("XAPI_DB_VERIFY", "1")
 
 _PG_PROBLEM: str | None = None
 
