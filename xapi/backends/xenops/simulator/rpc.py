@@ -60,7 +60,15 @@ class Service:
         }
 
     async def dispatch(self, method: str, params: list) -> tuple[bool, Any]:
-        """``(True, result)`` or ``(False, marshalled Errors.error)``."""
+        """``(True, result)`` or ``(False, marshalled Errors.error)``.
+
+        What the call (or anything before it) changed is on disk before the reply."""
+        try:
+            return await self._dispatch(method, params)
+        finally:
+            self.objects.store.flush()
+
+    async def _dispatch(self, method: str, params: list) -> tuple[bool, Any]:
         handler = self._methods.get(method)
         if handler is None:
             return False, P.error("Unimplemented", method)
