@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from xapi import claims
 from xapi.context import Runtime
 from xapi.errors import ApiError
 from xapi.idl.types import NULL_REF
@@ -50,15 +51,8 @@ def free_memory(rt: Runtime, host_ref: str, exclude_vm: str | None = None) -> in
     host = _host(rt, host_ref)
     metrics = rt.cache.get("host_metrics", host["metrics"])
     total = metrics.values["memory_total"] if metrics else 0
-    used = 0
-    for row in rt.cache.rows("VM"):
-        if row.ref == exclude_vm:
-            continue
-        v = row.values
-        if v["scheduled_to_be_resident_on"] == host_ref or (
-                v["resident_on"] == host_ref and v["power_state"] != "Halted"):
-            used += memory_needed(v)
-    return total - used
+    # Kept per host from the cache's changes (xapi/claims.py): no scan of every VM.
+    return total - claims.claims(rt).used(host_ref, exclude_vm)
 
 
 def validate_basic(vm: dict[str, Any]) -> None:
