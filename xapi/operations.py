@@ -86,20 +86,30 @@ def unmark(rt: Runtime, cls: str, ref: str, task: str) -> None:
 
 def refresh_allowed(rt: Runtime, cls: str, ref: str) -> None:
     """Recompute ``allowed_operations`` after a change of state (e.g. power state)."""
-    policy = policy_for(rt.model, cls)
     with rt.db.write() as tx:
-        values = tx.get(cls, ref, for_update=True)
-        if values is not None:
-            values = policy.with_context(tx, values)
-            tx.update(cls, ref, {"allowed_operations": policy.allowed(ref, values)})
+        refresh_allowed_in(tx, rt, cls, ref)
+
+
+def refresh_allowed_in(tx, rt: Runtime, cls: str, ref: str) -> None:
+    """``refresh_allowed`` within the caller's transaction (one commit, one event)."""
+    policy = policy_for(rt.model, cls)
+    values = tx.get(cls, ref, for_update=True)
+    if values is not None:
+        values = policy.with_context(tx, values)
+        tx.update(cls, ref, {"allowed_operations": policy.allowed(ref, values)})
 
 
 def refresh_vm_and_devices(rt: Runtime, vm_ref: str) -> None:
     """After a VM's power state changed: its rules and its devices' rules both moved."""
-    refresh_allowed(rt, "VM", vm_ref)
+    with rt.db.write() as tx:
+        refresh_vm_and_devices_in(tx, rt, vm_ref)
+
+
+def refresh_vm_and_devices_in(tx, rt: Runtime, vm_ref: str) -> None:
+    refresh_allowed_in(tx, rt, "VM", vm_ref)
     for cls, field in (("VBD", "VBDs"), ("VIF", "VIFs")):
         for ref in rt.cache.derived("VM", field, vm_ref):
-            refresh_allowed(rt, cls, ref)
+            refresh_allowed_in(tx, rt, cls, ref)
 
 
 def clear_stale(rt: Runtime) -> int:

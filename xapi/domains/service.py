@@ -72,8 +72,10 @@ class Domains:
                  cancellable: bool = True) -> Any:
         """Wait for a xenopsd task bound to the caller's XenAPI task; its result or the mapped error.
 
-        Progress is mirrored by the event watcher; cancelling the XenAPI task
-        cancels the xenopsd task.  The xenopsd task is destroyed at the end.
+        The queue's watcher wakes this waiter whenever xenopsd announces the
+        task; the waiter reads it (in its own thread, not the watcher's) and
+        mirrors its progress.  Cancelling the XenAPI task cancels the xenopsd
+        task.  The xenopsd task is destroyed at the end.
         """
         client = self.clients[queue]
         key = (queue, task_id)
@@ -95,7 +97,9 @@ class Domains:
                     return P.task_result(task)
                 if status == P.FAILED:
                     raise self.api_error(XenopsError(*P.task_error(task)), vm_ref, queue)
-                # The watcher signals the end; without a watcher here (a worker),
+                if ctx.task:
+                    self._mirror_progress(ctx.task, P.task_progress(task))
+                # The watcher signals each change; without a watcher here (a worker),
                 # poll briskly rather than once a second.
                 done.wait(1.0 if self.watching else 0.05)
         finally:
@@ -107,23 +111,25 @@ class Domains:
             except Exception:
                 log.debug("could not destroy xenopsd task %s", task_id, exc_info=True)
 
+    def _mirror_progress(self, xapi_task: str, progress: float) -> None:
+        row = self.rt.cache.get("task", xapi_task)
+        if row is not None and row.values["status"] == tasks.PENDING \
+                and row.values["progress"] != max(0.0, min(1.0, progress)):
+            tasks.set_progress(self.rt, xapi_task, progress)
+
     def _cancel(self, client: XenopsClient, task_id: str) -> None:
         try:
             client.task_cancel(task_id)
         except XenopsError:
             pass
 
-    def task_event(self, queue: str, task_id: str, task: dict) -> None:
-        """The watcher saw a task change: mirror progress, wake the waiter when it ends."""
-        key = (queue, task_id)
-        status = P.task_status(task)
-        xapi_task = self._bound.get(key)
-        if status == P.PENDING and xapi_task:
-            tasks.set_progress(self.rt, xapi_task, P.task_progress(task))
-        elif status in (P.COMPLETED, P.FAILED):
-            done = self._finished.get(key)
-            if done is not None:
-                done.set()
+    def task_changed(self, queue: str, task_id: str) -> bool:
+        """The watcher saw xenopsd announce a task: wake its waiter.  False if nobody waits."""
+        done = self._finished.get((queue, task_id))
+        if done is None:
+            return False
+        done.set()
+        return True
 
     def bound_task(self, queue: str, task_id: str) -> str | None:
         return self._bound.get((queue, task_id))

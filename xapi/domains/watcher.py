@@ -163,8 +163,9 @@ class QueueWatcher:
                 guest = make_ref()
                 tx.insert("VM_guest_metrics", guest, {"uuid": make_uuid(), "last_updated": now()})
                 tx.update("VM", ref, {"guest_metrics": guest})
+            if vm["power_state"] != power:  # the rules moved with the power state
+                operations.refresh_vm_and_devices_in(tx, rt, ref)
         if vm["power_state"] != power:
-            operations.refresh_vm_and_devices(rt, ref)
             if power in ("Halted", "Suspended"):
                 from xapi.context import Context
                 from .lifecycle import release_disks
@@ -255,14 +256,8 @@ class QueueWatcher:
                 pass
 
     def update_task(self, task_id: str) -> None:
-        if self.domains.bound_task(self.queue, task_id) is None and not self.domains._finished.get(
-                (self.queue, task_id)):
-            return
-        try:
-            task = self.client.task_stat(task_id)
-        except XenopsError:
-            return
-        self.domains.task_event(self.queue, task_id, task)
+        # The waiter reads the task and mirrors its progress, in its own thread.
+        self.domains.task_changed(self.queue, task_id)
 
     # -- resync ----------------------------------------------------------------------
 
