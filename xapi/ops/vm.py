@@ -105,16 +105,29 @@ class VmPolicy(Policy):
     def __init__(self, model, cls):
         super().__init__(model, cls)
         self.reportable = [op for op in self.operations if op not in IGNORED]
+        self._allowed: dict[tuple, list[str]] = {}
 
     def allowed(self, ref: str, values: dict[str, Any]) -> list[str]:
-        out = []
-        for op in self.reportable:
-            try:
-                self.check(ref, values, op)
-            except ApiError:
-                continue
-            out.append(op)
-        return out
+        # Trying ~40 checks (most of them raising) for every operation mark and
+        # power change is costly; the answer depends only on these few fields.
+        key = (tuple(values.get("blocked_operations") or ()), values["power_state"],
+               tuple((values.get("current_operations") or {}).values()),
+               bool(values.get("is_a_template")), bool(values.get("is_a_snapshot")),
+               _is_default_template(values), bool(values.get("is_control_domain")),
+               values.get("domid") == 0)
+        found = self._allowed.get(key)
+        if found is None:
+            found = []
+            for op in self.reportable:
+                try:
+                    self.check(ref, values, op)
+                except ApiError:
+                    continue
+                found.append(op)
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            self._allowed[key] = found
+        return list(found)
 
     def check(self, ref: str, values: dict[str, Any], op: str) -> None:
         blocked = values.get("blocked_operations") or {}
