@@ -26,16 +26,16 @@ to ``["xenopsd"]`` when it runs with ``use-switch=false``).
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
-import socket
 import threading
 import time
 from typing import Any
 
 from xapi.backends.xenops import protocol as P
 from xapi.backends.xenops.schema import SchemaError
+from xapi.backends.xenops.unixhttp import ConnectionLost, ProtocolError as HttpProtocolError
+from xapi.backends.xenops.unixhttp import UnixHTTPConnection
 
 DeviceId = tuple[str, str]
 
@@ -62,25 +62,9 @@ class XenopsProtocolError(Exception):
     """xenopsd's reply could not be read (not the wire format, or not the declared type)."""
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 # A reused keep-alive connection the server has closed fails like this before
 # any reply byte arrives; the call never reached the server and may be resent.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_STALE = (ConnectionLost, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 # UPDATES.get may block for its whole timeout: the socket waits that long and this much more.
 _LONG_POLL_MARGIN = 30.0
@@ -98,7 +82,7 @@ class XenopsClient:
         self.debug_info = debug_info
         self._local = threading.local()
         self._ids = itertools.count(1)
-        self._open: set[_UnixHTTPConnection] = set()  # every thread's, for close()
+        self._open: set[UnixHTTPConnection] = set()  # every thread's, for close()
         self._open_lock = threading.Lock()
 
     # ------------------------------------------------------------ transport
@@ -124,37 +108,33 @@ class XenopsClient:
             raise XenopsProtocolError(f"{method}: {exc}") from None
 
     def _exchange(self, body: bytes, wait: float | None) -> tuple[bool, Any]:
-        headers = {"Content-Type": P.CONTENT_TYPES[self.encoding], "Connection": "keep-alive"}
         for attempt in (1, 2):
             conn, reused = self._connection()
             try:
-                conn.sock.settimeout(wait)
-                conn.request("POST", "/", body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
+                status, data, will_close = conn.post("/", body, P.CONTENT_TYPES[self.encoding], wait)
             except _STALE as exc:
                 self._drop()
                 if reused and attempt == 1:
                     continue
                 raise XenopsUnavailable(f"{self.path}: connection lost: {exc}") from None
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, HttpProtocolError) as exc:
                 self._drop()
                 raise XenopsUnavailable(f"{self.path}: {exc}") from None
-            if response.will_close:
+            if will_close:
                 self._drop()
-            if response.status != 200:
-                raise XenopsProtocolError(f"HTTP {response.status} from {self.path}: {data[:200]!r}")
+            if status != 200:
+                raise XenopsProtocolError(f"HTTP {status} from {self.path}: {data[:200]!r}")
             try:
                 return P.decode_reply(self.encoding, data)
             except P.ProtocolError as exc:
                 raise XenopsProtocolError(str(exc)) from None
         raise AssertionError("unreachable")
 
-    def _connection(self) -> tuple[_UnixHTTPConnection, bool]:
+    def _connection(self) -> tuple[UnixHTTPConnection, bool]:
         conn = getattr(self._local, "conn", None)
         if conn is not None and conn.sock is not None:
             return conn, True
-        conn = _UnixHTTPConnection(self.path, self.timeout)
+        conn = UnixHTTPConnection(self.path, self.timeout)
         try:
             conn.connect()
         except OSError as exc:
