@@ -30,9 +30,10 @@ the tree lists nothing to do:
    datapath state), release the lock, ``Datapath.unpause`` -- which bumps the
    volume's datapath generation and hands back the new chain, so the holder
    (a running VM's disk) reopens it.  The old ``<L>.vhd`` is kept as
-   ``<L>.vhd.old`` through the commit and deleted after the unpause, from a
-   thread: freeing its blocks holds up neither the VM nor the SR's lock.  A leaf whose datapath plugin cannot
-   pause is left alone.
+   ``<L>.vhd.old`` through the commit and deleted from a thread once the
+   commit is made (the pass waits for it at its end): freeing its blocks
+   holds up neither the VM nor the SR's lock.  A leaf whose datapath plugin
+   cannot pause is left alone.
 
 An SR where ``SR.tree`` reports an unreadable VHD is left alone (reported
 as skipped): that file's parent is unknown, so any node may be under it.
@@ -367,8 +368,9 @@ class SrCollector:
 
     def _free_later(self, path: str) -> None:
         """Delete a replaced file from a thread (the pass waits for it at its
-        end): freeing a big file's blocks takes a while, and nobody needs to
-        wait for it -- a leftover is deleted by the plugin (``<leaf>.vhd.old``)."""
+        end): freeing a big file's blocks takes a while, and neither the VM
+        (unpaused meanwhile) nor the SR lock need wait for it.  A leftover is
+        deleted by the plugin (``<leaf>.vhd.old``)."""
         def free() -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -522,8 +524,7 @@ class SrCollector:
         node, parent = nodes[key], nodes[nodes[key]["parent"]]
         entry = {"op": "leaf", "leaf": key, "parent": parent["key"], "leaf_path": node["path"],
                  "parent_path": parent["path"], "paused": []}
-        self.journal.save(entry)
-        self._leaf_from(entry, node)
+        self._leaf_from(entry, node)      # journalled by _pause, before it pauses anything
 
     def _leaf_from(self, entry: dict, node: dict) -> None:
         key = entry["leaf"]
@@ -549,7 +550,6 @@ class SrCollector:
         self._unpause_all(entry)
         self.journal.clear()
         if done:
-            self._free_later(entry["leaf_path"] + OLD)
             self.report.leaf_coalesced.append(key)
         else:
             self.report.skipped[key] = "changed under the GC"
@@ -579,6 +579,8 @@ class SrCollector:
         # keeps the old leaf's blocks until after the unpause (_free_later)
         os.link(leaf_path, replaced)
         os.replace(staged, leaf_path)
+        # even if this rename is lost in a crash, <leaf>.vhd keeps the old file
+        self._free_later(replaced)
         _fsync_dir(directory)
         return True
 

@@ -247,7 +247,7 @@ def _bitmap_set(bitmap: bytearray, first: int, end: int) -> bool:
         if bit == 0 and i + 8 <= end:
             # whole bytes at once
             last = byte + (end - i) // 8
-            if any(b != 0xFF for b in bitmap[byte:last]):
+            if bitmap.count(0xFF, byte, last) != last - byte:
                 bitmap[byte:last] = b"\xff" * (last - byte)
                 changed = True
             i += (last - byte) * 8
@@ -266,11 +266,15 @@ def _bitmap_runs(bitmap: bytes | bytearray, first: int, end: int) -> Iterator[tu
     while i < end:
         state = bool(bitmap[i >> 3] & (0x80 >> (i & 7)))
         j = i + 1
-        full = 0xFF if state else 0x00
+        fill = b"\xff" if state else b"\x00"
         while j < end:
-            if j & 7 == 0 and j + 8 <= end and bitmap[j >> 3] == full:
-                j += 8
-                continue
+            if j & 7 == 0 and j + 8 <= end:
+                # whole bytes of the same state, counted at C speed
+                segment = bitmap[j >> 3:end >> 3]
+                same = len(segment) - len(segment.lstrip(fill))
+                if same:
+                    j += 8 * same
+                    continue
             if bool(bitmap[j >> 3] & (0x80 >> (j & 7))) != state:
                 break
             j += 1

@@ -82,8 +82,8 @@ lock) and is finished by this plugin if the GC dies half-way:
 3. rename ``<leaf>.vhd.merged`` over ``<leaf>.vhd``: the volume keeps its
    key, metadata and datapath state, its contents now need one file less.
    The GC may first link the old ``<leaf>.vhd`` as ``<leaf>.vhd.old`` and
-   delete that once it has unpaused the leaf and released the lock, so that
-   freeing the old file's blocks holds up neither.
+   delete that from a thread of its own once the rename is made, so that
+   freeing the old file's blocks holds up neither the unpause nor the lock.
 
 Step 1 comes only after the coalesce completed, so a ``<leaf>.vhd.merged``
 always holds the whole volume: the next call that takes the lock (``SR.tree``,
