@@ -83,7 +83,7 @@ class Flusher:
     there they would only add to the copy.  ``fsync`` is still what makes the
     data durable; :meth:`stop` returns once the thread is done."""
 
-    def __init__(self, fd: int, source_fd: int = -1, chunk: int = 64 << 20):
+    def __init__(self, fd: int, source_fd: int = -1, chunk: int = 16 << 20):
         import threading
 
         self.fd = fd
