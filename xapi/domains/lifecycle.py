@@ -130,24 +130,34 @@ def assert_can_boot(ctx: Context, vm_ref: str, vm: dict[str, Any], host_ref: str
 # -- VM ------------------------------------------------------------------------------------
 
 
+def claim_start(ctx: Context, tx, vm_ref: str, host_ref: str) -> None:
+    """Check and claim in one transaction (the one marking the start): concurrent
+    starts see each other's claims."""
+    vm = _vm(ctx, vm_ref)
+    assert_can_boot(ctx, vm_ref, vm, host_ref)
+    tx.update("VM", vm_ref, {"scheduled_to_be_resident_on": host_ref})
+    for vbd in tx.refs_where("VBD", VM=vm_ref):
+        values = tx.get("VBD", vbd)
+        if not values["empty"] and values["VDI"] != NULL_REF:
+            tx.update("VBD", vbd, {"currently_attached": True})
+    for vif in tx.refs_where("VIF", VM=vm_ref):
+        tx.update("VIF", vif, {"currently_attached": True})
+
+
+def settle_start(tx, vm_ref: str, host_ref: str) -> None:
+    """The started VM lives here now (written with the unmarking)."""
+    if tx.exists("VM", vm_ref):
+        tx.update("VM", vm_ref, {"resident_on": host_ref, "scheduled_to_be_resident_on": NULL_REF})
+
+
 def start(ctx: Context, vm_ref: str, paused: bool, force: bool, host_ref: str | None = None) -> None:
+    """Run as ``run_operation(..., claim=claim_start, settle=settle_start)`` (impl/vm.py)."""
     rt = ctx.rt
     domains = _domains(ctx)
-    host_ref = host_ref or rt.host_ref
     vm = _vm(ctx, vm_ref)
     queue = domains.queue_of(vm)
     client = domains.clients[queue]
     uuid = vm["uuid"]
-    with rt.db.write() as tx:
-        # Check and claim in one transaction: concurrent starts see each other's claims.
-        assert_can_boot(ctx, vm_ref, vm, host_ref)
-        tx.update("VM", vm_ref, {"scheduled_to_be_resident_on": host_ref})
-        for vbd in tx.refs_where("VBD", VM=vm_ref):
-            values = tx.get("VBD", vbd)
-            if not values["empty"] and values["VDI"] != NULL_REF:
-                tx.update("VBD", vbd, {"currently_attached": True})
-        for vif in tx.refs_where("VIF", VM=vm_ref):
-            tx.update("VIF", vif, {"currently_attached": True})
     try:
         _activate_disks(ctx, vm_ref, vm)
         _call(ctx, vm_ref, queue, client.vm_import_metadata, metadata.metadata(rt.cache, vm_ref, _paths(ctx)))
@@ -167,8 +177,6 @@ def start(ctx: Context, vm_ref: str, paused: bool, force: bool, host_ref: str | 
     except BaseException:
         _abandon_start(ctx, vm_ref, queue, uuid)
         raise
-    with rt.db.write() as tx:
-        tx.update("VM", vm_ref, {"resident_on": host_ref, "scheduled_to_be_resident_on": NULL_REF})
     domains.refresh(queue, uuid)
 
 

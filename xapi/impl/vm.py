@@ -14,9 +14,17 @@ def _op(ctx: Context, vm: str, op: str, fn, *args):
     return operations.run_operation(ctx, "VM", vm, op, lambda: fn(ctx, vm, *args))
 
 
+def _start(ctx: Context, vm: str, op: str, paused: bool, force: bool, host: str) -> None:
+    # The memory check and claim go with the marking, the final placement with the unmarking.
+    operations.run_operation(
+        ctx, "VM", vm, op, lambda: lifecycle.start(ctx, vm, paused, force, host),
+        claim=lambda tx: lifecycle.claim_start(ctx, tx, vm, host),
+        settle=lambda tx: lifecycle.settle_start(tx, vm, host))
+
+
 @implements("VM.start")
 def start(ctx: Context, vm: str, start_paused: bool, force: bool):
-    _op(ctx, vm, "start", lifecycle.start, start_paused, force)
+    _start(ctx, vm, "start", start_paused, force, ctx.rt.host_ref)
     return ""
 
 
@@ -24,7 +32,7 @@ def start(ctx: Context, vm: str, start_paused: bool, force: bool):
 def start_on(ctx: Context, vm: str, host: str, start_paused: bool, force: bool):
     if ctx.rt.cache.get("host", host) is None:
         raise ApiError("HANDLE_INVALID", "host", host)
-    _op(ctx, vm, "start_on", lambda c, v: lifecycle.start(c, v, start_paused, force, host))
+    _start(ctx, vm, "start_on", start_paused, force, host)
     return ""
 
 
