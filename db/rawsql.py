@@ -41,6 +41,16 @@ class RawSql:
         p = self.ph
         return f"INSERT INTO xapi_changes (generation, cls, ref, op) VALUES ({p}, {p}, {p}, {p})"
 
+    # The same, taking the generation this transaction just bumped (for a pipeline,
+    # where the bump's result is not back yet).
+    def log_change_here(self) -> str:
+        p = self.ph
+        return (f"INSERT INTO xapi_changes (generation, cls, ref, op) "
+                f"SELECT generation, {p}, {p}, {p} FROM xapi_generation WHERE id = 1")
+
+    def notify_here(self) -> str:
+        return f"SELECT pg_notify({self.ph}, generation::text) FROM xapi_generation WHERE id = 1"
+
 
 class TableSql:
     """The SQL of one table, and its columns' bind processors."""
@@ -63,6 +73,10 @@ class TableSql:
         self.stamp_mod = f"UPDATE {name} SET {q('_modified')} = {p} WHERE {ref} = {p}"
         self.stamp_add = (f"UPDATE {name} SET {q('_created')} = {p}, {q('_modified')} = {p} "
                           f"WHERE {ref} = {p}")
+        here = "(SELECT generation FROM xapi_generation WHERE id = 1)"
+        self.stamp_mod_here = f"UPDATE {name} SET {q('_modified')} = {here} WHERE {ref} = {p}"
+        self.stamp_add_here = (f"UPDATE {name} SET {q('_created')} = {here}, {q('_modified')} = {here} "
+                               f"WHERE {ref} = {p}")
         self._updates: dict[tuple[str, ...], str] = {}
         self._wheres: dict[tuple[str, ...], str] = {}
 

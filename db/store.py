@@ -438,21 +438,10 @@ class Transaction:
         ops = {k: v for k, v in self._ops.items() if v is not None}
         if not ops:
             return [], self.db.cache.generation
-        generation = self._run(self.db.raw_sql.bump_generation()).fetchone()[0]
-        self._cursor.executemany(self.db.raw_sql.log_change(),
-                                 [(generation, c, r, op) for (c, r), op in ops.items()])
         if self.conn.dialect.name == "postgresql":
-            # Delivered at commit to every process LISTENing (db/listen.py).
-            self._run(f"NOTIFY {NOTIFY_CHANNEL}, '{generation}'")
-        stamps: dict[tuple[str, str], list[tuple]] = {}
-        for (cls, ref), op in ops.items():
-            if op == "add":
-                stamps.setdefault((cls, op), []).append((generation, generation, ref))
-            elif op == "mod":
-                stamps.setdefault((cls, op), []).append((generation, ref))
-        for (cls, op), params in stamps.items():
-            sql = self._sql(cls)
-            self._cursor.executemany(sql.stamp_add if op == "add" else sql.stamp_mod, params)
+            generation = self._log_pipelined(ops)
+        else:
+            generation = self._log(ops)
         cache = self.db.cache
         with cache.lock:
             # Nothing committed between the cache's generation and ours: the cached
@@ -462,6 +451,42 @@ class Transaction:
         if self.db.verify:
             self._verify(changes)
         return changes, generation
+
+    def _log(self, ops: dict) -> int:
+        """Bump the generation, log the changes, stamp the rows; the new generation."""
+        raw = self.db.raw_sql
+        generation = self._run(raw.bump_generation()).fetchone()[0]
+        self._cursor.executemany(raw.log_change(),
+                                 [(generation, c, r, op) for (c, r), op in ops.items()])
+        for (cls, op), refs in _stamps(ops).items():
+            sql = self._sql(cls)
+            if op == "add":
+                self._cursor.executemany(sql.stamp_add, [(generation, generation, r) for r in refs])
+            else:
+                self._cursor.executemany(sql.stamp_mod, [(generation, r) for r in refs])
+        return generation
+
+    def _log_pipelined(self, ops: dict) -> int:
+        """``_log`` on PostgreSQL in one round trip: the generation's row lock, which
+        orders every writer of the pool, is held for that round trip and the commit.
+        The later statements read the new generation back in SQL."""
+        raw = self.db.raw_sql
+        dbapi = self.conn.connection.dbapi_connection
+        bump = dbapi.cursor()
+        try:
+            with dbapi.pipeline():
+                bump.execute(raw.bump_generation())
+                self._cursor.executemany(raw.log_change_here(),
+                                         [(c, r, op) for (c, r), op in ops.items()])
+                # Delivered at commit to every process LISTENing (db/listen.py).
+                self._cursor.execute(raw.notify_here(), (NOTIFY_CHANNEL,))
+                for (cls, op), refs in _stamps(ops).items():
+                    sql = self._sql(cls)
+                    self._cursor.executemany(sql.stamp_add_here if op == "add" else sql.stamp_mod_here,
+                                             [(r,) for r in refs])
+            return bump.fetchone()[0]
+        finally:
+            bump.close()
 
     def _change(self, cls: str, ref: str, op: str, generation: int, known: bool) -> Change:
         if op == "del":
@@ -492,6 +517,15 @@ class Transaction:
                 raise AssertionError(f"{ch.cls} {ch.ref}: cached row differs from the stored one: "
                                      f"{diff} created/modified {(ch.created, ch.modified)} vs "
                                      f"{(stored.created, stored.modified)}")
+
+
+def _stamps(ops: dict) -> dict[tuple[str, str], list[str]]:
+    """(class, "add"/"mod") → the refs whose _created/_modified to stamp."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for (cls, ref), op in ops.items():
+        if op in ("add", "mod"):
+            out.setdefault((cls, op), []).append(ref)
+    return out
 
 
 def _dbapi_closed(conn: Connection) -> bool:
