@@ -632,8 +632,8 @@ def report(args, bench: Bench, snaps: dict, coal: dict, lat: dict,
            "**Where the time goes.**  A GC pass, last leaf round: "
            f"{last['seconds']:.2f} s = copy {last['copy'] - last['fsync']:.2f} s + its `fsync` "
            f"{last['fsync']:.2f} s + commit renames {last['rename']:.2f} s + deleting the "
-           f"replaced {human(args.written)} leaf {last['free']:.2f} s (from a thread, after "
-           f"the unpause) + plugin calls {last['plugin']:.2f} s ({last['calls']}) + the rest "
+           f"replaced {human(args.written)} leaf {last['free']:.2f} s (from a thread started "
+           f"at the commit) + plugin calls {last['plugin']:.2f} s ({last['calls']}) + the rest "
            f"{rest:.2f} s (the deletion overlaps the last plugin calls, so the parts may add "
            "up to a little more than the pass).",
            "",
