@@ -219,7 +219,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     finally:
         for job in background:
             job.cancel()
-        supervisor.stop(worker)
+        supervisor.stop(worker, config)
         for runner in runners:
             await runner.cleanup()
         if not restarting.is_set():

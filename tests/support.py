@@ -135,13 +135,18 @@ class LiveServer:
 
     def stop_simulator(self) -> None:
         """The xenopsd simulator (and a server-started worker) outlive a killed server by design."""
-        for name in ("worker.pid", "xenopsd-sim.pid"):
-            _stop_pid_file(os.path.join(self.state_dir, name))
+        for name, marker in (("worker.pid", b"worker"), ("xenopsd-sim.pid", b"xenops")):
+            _stop_pid_file(os.path.join(self.state_dir, name), marker)
 
 
-def _stop_pid_file(pid_file: str) -> None:
+def _stop_pid_file(pid_file: str, marker: bytes) -> None:
+    """Stop the process a pid file names, if it still is that process: pids are reused
+    (pid_max may be 32768), and a stale file must not kill an unrelated process."""
     try:
         pid = int(open(pid_file).read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if marker not in f.read():
+                return
     except (OSError, ValueError):
         return
     try:

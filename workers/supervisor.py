@@ -83,11 +83,17 @@ def start(config: Config) -> subprocess.Popen | None:
     return process
 
 
-def stop(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
+def stop(process: subprocess.Popen | None, config: Config) -> None:
+    if process is None:
         return
-    _stop_pid(process.pid)
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
+    if process.poll() is None:
+        _stop_pid(process.pid)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # a stale pid file could name an unrelated process once the pid is reused
+        if int(open(_pid_file(config)).read().strip()) == process.pid:
+            os.unlink(_pid_file(config))
+    except (OSError, ValueError):
         pass
