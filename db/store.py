@@ -12,7 +12,8 @@ Every change goes through ``Database.write()``.  At commit the transaction
 The rows handed to the cache are not read back: the transaction knows what
 it wrote, and when no other process committed since the cache's generation
 (always, on SQLite) the cached row plus this transaction's changes is the
-stored row.  Otherwise the touched rows are re-read before the commit.
+stored row.  Otherwise the writer catches up from the change log after the
+commit, its own generation included.
 Reads inside a transaction take the cached row too when its ``_modified``
 matches the database's (on PostgreSQL that read also locks the row).  The
 hot statements run on the DBAPI connection with SQL built once
@@ -159,7 +160,11 @@ class Database:
                 self._writer_used = time.monotonic()
                 if tx is not None:
                     tx.close()
-            if changes:
+            if changes is None:
+                # Other processes committed since the cache's generation: read theirs
+                # and ours back from the change log, in order.
+                self.catch_up(upto=generation)
+            elif changes:
                 with self.cache.lock:
                     if generation > self.cache.generation + 1:
                         # Other processes committed in between: take theirs first,
@@ -442,12 +447,13 @@ class Transaction:
             generation = self._log_pipelined(ops)
         else:
             generation = self._log(ops)
-        cache = self.db.cache
-        with cache.lock:
-            # Nothing committed between the cache's generation and ours: the cached
-            # rows are what this transaction started from.
-            known = generation == cache.generation + 1
-            changes = [self._change(cls, ref, op, generation, known) for (cls, ref), op in ops.items()]
+        # Nothing committed between the cache's generation and ours: the cached rows
+        # are what this transaction started from, and stay so until our commit (a
+        # later generation cannot commit before it).  No cache lock is taken: a
+        # catch-up holding it must not hold up a writer holding the generation lock.
+        if generation != self.db.cache.generation + 1:
+            return None, generation  # the writer catches up, ours included, after the commit
+        changes = [self._change(cls, ref, op, generation) for (cls, ref), op in ops.items()]
         if self.db.verify:
             self._verify(changes)
         return changes, generation
@@ -488,13 +494,13 @@ class Transaction:
         finally:
             bump.close()
 
-    def _change(self, cls: str, ref: str, op: str, generation: int, known: bool) -> Change:
+    def _change(self, cls: str, ref: str, op: str, generation: int) -> Change:
         if op == "del":
             return Change(cls, ref, "del", None, 0, generation)
         key = (cls, ref)
         if op == "add":
             return Change(cls, ref, op, self._rows[key], generation, generation)
-        row = self.db.cache.get(cls, ref) if known else None
+        row = self.db.cache.get(cls, ref)
         if row is None:
             return Change(cls, ref, op, self._select(cls, ref), self._created(cls, ref), generation)
         return Change(cls, ref, op, {**row.values, **self._changed.get(key, {})}, row.created, generation)
