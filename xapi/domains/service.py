@@ -41,6 +41,7 @@ class Domains:
         self._finished: dict[tuple[str, str], threading.Event] = {}
         self._barriers: dict[tuple[str, int], threading.Event] = {}
         self._barrier_ids = itertools.count(1)
+        self._vm_changed: threading.Condition | None = None  # see _vm_changes
         self._lock = threading.Lock()
         self.watchers: list = []
         # False in a worker: the server's watchers write xenopsd's state back, and
@@ -173,13 +174,43 @@ class Domains:
         cache = self.rt.cache
 
         def written() -> bool:
-            self.rt.db.catch_up()
             ref = cache.ref_by_uuid("VM", vm_uuid)
             row = cache.get("VM", ref) if ref else None
             return row is None or (row.values["power_state"] == power and row.values["domid"] == domid)
 
-        if not wait_until(written, timeout, interval=0.1):
-            log.warning("VM %s: the database did not show xenopsd's %s in %.0f s", vm_uuid, power, timeout)
+        # The change listener catches the cache up on every commit notification and
+        # wakes us; a catch-up of our own now and then covers a lost notification.
+        changed = self._vm_changes()
+        deadline = time.monotonic() + timeout
+        next_catch_up = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_catch_up:
+                self.rt.db.catch_up()
+                next_catch_up = now + 0.5
+            with changed:
+                if written():
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                changed.wait(min(remaining, 0.5))
+        log.warning("VM %s: the database did not show xenopsd's %s in %.0f s", vm_uuid, power, timeout)
+
+    def _vm_changes(self) -> threading.Condition:
+        """A condition notified whenever the cache applies a change to a VM."""
+        with self._lock:
+            if self._vm_changed is None:
+                condition = threading.Condition()
+
+                def on_changes(generation, changes) -> None:
+                    if any(ch.cls == "VM" for ch in changes):
+                        with condition:
+                            condition.notify_all()
+
+                self.rt.cache.listeners.append(on_changes)
+                self._vm_changed = condition
+            return self._vm_changed
 
     def refresh(self, queue: str, vm_uuid: str) -> None:
         """Have xenopsd re-announce the VM and its devices, then wait for the write-back."""
