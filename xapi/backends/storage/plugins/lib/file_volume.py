@@ -302,8 +302,9 @@ class FileSR:
                 continue          # reported by SR.tree; a scan must not fail
         return keys
 
-    def space(self) -> dict:
-        """total/free/used bytes and the virtual allocation of visible volumes."""
+    def space(self, allocation: bool = True) -> dict:
+        """total/free/used bytes and the virtual allocation of visible volumes
+        (which opens every volume: 0 unless ``allocation``)."""
         st = os.statvfs(self.path)
         total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         used = 0
@@ -314,7 +315,7 @@ class FileSR:
         if quota is not None:
             total, free = min(total, quota), max(0, min(free, quota - used))
         allocated = 0
-        for key in self.visible_keys():
+        for key in self.visible_keys() if allocation else ():
             with vhd.open(self.vhd_path(key)) as image:
                 allocated += image.virtual_size
         return {"total": total, "free": free, "used": used, "allocated": allocated}
@@ -322,10 +323,11 @@ class FileSR:
     def need(self, physical: int, virtual: int = 0) -> None:
         """Refuse with SR full unless ``physical`` new bytes fit, and (when
         virtual allocation is enforced) ``virtual`` more promised bytes."""
-        space = self.space()
+        enforce = bool(virtual and self.meta().get("enforce_virtual_allocation"))
+        space = self.space(allocation=enforce)
         if physical > space["free"]:
             raise sm_error("SRNoSpace", f"{physical} bytes needed, {space['free']} free")
-        if virtual and self.meta().get("enforce_virtual_allocation"):
+        if enforce:
             room = space["total"] - space["allocated"]
             if virtual > room:
                 raise sm_error("SRNoSpace", f"{virtual} bytes of virtual size requested, "
