@@ -420,7 +420,7 @@ def pool_run(db_url: str, redis_url: str, args) -> dict:
         out["idle_cpu"] = cpu_over(pid, args.idle)
 
         log("VM.get_all_records on the master")
-        c0, t1 = cpu_seconds(pid), time.perf_counter()
+        c0 = cpu_seconds(pid)
         out["records"] = measure_records(api, session, args.repeat, args.vms)
         out["records_cpu_s"] = cpu_seconds(pid) - c0
         out["rss_after_records"] = rss_mb(pid)
@@ -469,7 +469,6 @@ def report(pool: dict, base: dict, args) -> tuple[str, str]:
     pr, br = pool["records"], base["records"]
     ps, bs = pool["starts"], base["starts"]
     hosts_used = len([h for h in pool["spread"] if h != "OpaqueRef:NULL"])
-    worst = max(pr["xml"]["cold"], pr["xml"]["warm"], pr["json"]["cold"], pr["json"]["warm"])
     rss_peak = max(pool["rss_after_join"], pool["rss_after_records"], pool["rss_after_starts"])
     lines = [
         f"64-host pool: 1 master daemon + {args.hosts - 1} host agents in {args.packs} processes, "
@@ -490,7 +489,11 @@ def report(pool: dict, base: dict, args) -> tuple[str, str]:
         f"{pool['rss_after_join']:.0f} MB, after starts {pool['rss_after_starts']:.0f} MB "
         f"(single host {base['rss_after_starts']:.0f} MB)",
         f"master CPU idle pool: {pool['idle_cpu']:.1%}",
-        f"targets: get_all_records <= {RECORDS_TARGET_S} s: {yes(worst <= RECORDS_TARGET_S)}; "
+        f"targets: get_all_records <= {RECORDS_TARGET_S} s: JSON-RPC "
+        f"{yes(max(pr['json']['cold'], pr['json']['warm']) <= RECORDS_TARGET_S)}, XML-RPC "
+        f"{yes(max(pr['xml']['cold'], pr['xml']['warm']) <= RECORDS_TARGET_S)} (to the last byte "
+        f"{max(pr['xml']['cold_wire'], pr['xml']['warm_wire']):.2f} s; the rest is the client's "
+        f"parser); "
         f"RSS <= 1 GB: {yes(rss_peak <= RSS_TARGET_MB)}",
     ]
     console = "\n".join(lines)
@@ -528,6 +531,11 @@ Hosts entered the pool by `--join {args.join}`.
 → reply parsed by the stdlib client; *wire*: to the last byte). Target ≤ {RECORDS_TARGET_S:.0f} s.
 The difference between the two columns is the client: `xmlrpc.client`'s pure-Python
 parser spends seconds on 10,000 records where `json.loads` spends a fraction of one.
+Target met over JSON-RPC: {yes(max(pr['json']['cold'], pr['json']['warm']) <= RECORDS_TARGET_S)};
+over XML-RPC: {yes(max(pr['xml']['cold'], pr['xml']['warm']) <= RECORDS_TARGET_S)}, the
+server delivering the last byte within {max(pr['xml']['cold_wire'], pr['xml']['warm_wire']):.2f} s
+and the client's parsing taking the rest (the encoding is already xapi's leanest: untyped
+string values).
 
 | call | pool of 64 | single host | pool/single | ≤ {RECORDS_TARGET_S:.0f} s |
 |---|---|---|---|---|
