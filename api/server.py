@@ -24,12 +24,11 @@ from xapi.domains.service import Domains
 from xapi.storage import firstboot as storage_firstboot
 from xapi.storage.service import Storage
 from xapi.events import EventHub
-from xapi.pool import liveness
+from xapi.pool import liveness, restart, roles
 
 from db.migrate import wipe
 from workers import gc as db_gc
 from workers import storage_gc, supervisor
-from xapi.pool import restart, roles
 
 from .app import DISPATCHER, create_app
 
