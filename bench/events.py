@@ -57,9 +57,8 @@ import xmlrpc.client
 from pathlib import Path
 
 from bench.procs import cpu_seconds, wait_for_other_benchmarks
-from bench.report import DOCS, write_section
+from bench.report import REPO, publish
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Events and tasks (issue 3)"
 P50_TARGET_MS = 60.0  # at 500 watchers
 P99_TARGET_MS = 150.0
@@ -966,10 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     lat = bench_latency(args)
     tasks, skipped = bench_tasks(args) if not args.no_tasks else ([], ["throughput not run"])
     console, section, ok = report(lat, tasks, skipped, args)
-    print(console)
-    if not args.no_docs:
-        write_section(SECTION, section)
-        print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
+    publish(console, SECTION, section, not args.no_docs)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

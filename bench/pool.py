@@ -70,9 +70,8 @@ from pathlib import Path
 
 from bench.events import code_version, log, loud, memory, nproc, raise_fd_limit
 from bench.procs import cpu_seconds, wait_for_other_benchmarks
-from bench.report import DOCS, write_section
+from bench.report import REPO, publish
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Pool of 64 hosts (issue 7)"
 RECORDS_TARGET_S = 2.0
 RSS_TARGET_MB = 1000.0  # MB = 10^6 bytes
@@ -232,26 +231,12 @@ def agents_main(cfg_file: str) -> None:
 
 def populate(db_url: str, count: int) -> float:
     """``count`` halted, diskless HVM guests of 256 MiB, written through the write path."""
-    from bench.rpc import vm_values
-    from db.store import Database
-    from xapi.refs import make_ref, make_uuid
+    from bench.rpc import populate as populate_vms
 
-    t0 = time.perf_counter()
-    db = Database(db_url)
-    db.upgrade()
-    done = 0
-    while done < count:
-        with db.write() as tx:
-            for i in range(done, min(done + 2000, count)):
-                values = vm_values(i, make_uuid)
-                values.update(memory_target=VM_MEMORY, memory_static_max=VM_MEMORY,
-                              memory_dynamic_max=VM_MEMORY, memory_dynamic_min=VM_MEMORY,
-                              memory_static_min=VM_MEMORY // 2, VCPUs_max=1, VCPUs_at_startup=1,
-                              name_description="Created by bench.pool")
-                tx.insert("VM", make_ref(), values)
-        done = min(done + 2000, count)
-    db.close()
-    return time.perf_counter() - t0
+    return populate_vms(db_url, count, memory_target=VM_MEMORY, memory_static_max=VM_MEMORY,
+                        memory_dynamic_max=VM_MEMORY, memory_dynamic_min=VM_MEMORY,
+                        memory_static_min=VM_MEMORY // 2, VCPUs_max=1, VCPUs_at_startup=1,
+                        name_description="Created by bench.pool")
 
 
 def rss_mb(pid: int) -> float:
@@ -606,10 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         support.drop_pg_database(pool_db)
         support.drop_pg_database(base_db)
     console, section = report(pool, base, args)
-    print(console)
-    if not args.no_docs:
-        write_section(SECTION, section)
-        print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
+    publish(console, SECTION, section, not args.no_docs)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -31,3 +31,11 @@ def write_section(heading: str, section: str) -> None:
         tail = "".join(lines[end:])
         text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
     DOCS.write_text(text)
+
+
+def publish(console: str, heading: str, section: str, write_docs: bool) -> None:
+    """Print a run's figures and, unless told not to, keep them as the section ``heading``."""
+    print(console)
+    if write_docs:
+        write_section(heading, section)
+        print(f"figures written to {DOCS.relative_to(REPO)} ({heading[3:]})")

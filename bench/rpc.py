@@ -50,9 +50,8 @@ import xmlrpc.client
 from pathlib import Path
 
 from bench.procs import cpu_seconds
-from bench.report import DOCS, write_section
+from bench.report import REPO, publish
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## RPC layer (issue 2)"
 GET_RECORD_TARGET = 0.50  # ours / bare calls per second
 ALL_RECORDS_TARGET = 1.00  # ours / stdlib encoder time, at most
@@ -169,7 +168,8 @@ def vm_values(i: int, make_uuid) -> dict:
     }
 
 
-def populate(db_url: str, count: int) -> float:
+def populate(db_url: str, count: int, **changes) -> float:
+    """``count`` VMs of ``vm_values`` (with ``changes``) written through the write path."""
     from db.store import Database
     from xapi.refs import make_ref, make_uuid
 
@@ -180,7 +180,7 @@ def populate(db_url: str, count: int) -> float:
     while done < count:
         with db.write() as tx:
             for i in range(done, min(done + 2000, count)):
-                tx.insert("VM", make_ref(), vm_values(i, make_uuid))
+                tx.insert("VM", make_ref(), {**vm_values(i, make_uuid), **changes})
         done = min(done + 2000, count)
     db.close()
     return time.perf_counter() - t0
@@ -709,10 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"state kept in {state_dir}")
     console, section = report(a, b, args)
-    print(console)
-    if not args.no_docs:
-        write_section(SECTION, section)
-        print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
+    publish(console, SECTION, section, not args.no_docs)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -72,12 +72,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from bench.procs import wait_for_other_benchmarks
-from bench.report import DOCS, write_section
+from bench.report import REPO, publish
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Storage (issue 5)"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -750,10 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop()
     console, section, ok = report(args, bench, snaps, coal, lat, profile_lines)
-    print(console)
-    if not args.no_docs:
-        write_section(SECTION, section)
-        print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
+    publish(console, SECTION, section, not args.no_docs)
     if not ok:
         loud("a storage target was missed: see the hotspots above")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -61,13 +61,12 @@ import time
 from pathlib import Path
 
 from bench.procs import cpu_seconds, wait_for_other_benchmarks
-from bench.report import DOCS, write_section
+from bench.report import REPO, publish
 
 from bench.events import (Client, Conn, code_version, connect, http_request,
                           json_request, log, login, loud, machine_busy, nproc, pct,
                           raise_fd_limit)
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## VM lifecycle (issue 4)"
 STARTS_TARGET = 100.0  # starts per second, at least
 RSS_TARGET_MB = 300.0  # server VmRSS with every VM running, below (MB = 10^6 bytes)
@@ -715,10 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs, skipped = bench_modes(args)
     console, section, ok = report(runs, skipped, args)
-    print(console)
-    if not args.no_docs:
-        write_section(SECTION, section)
-        print(f"figures written to {DOCS.relative_to(REPO)} ({SECTION[3:]})")
+    publish(console, SECTION, section, not args.no_docs)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 
