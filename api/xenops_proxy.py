@@ -8,11 +8,10 @@ there).  The session must be a valid one of the pool; anything else is 403.
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from aiohttp import web
 
+from xapi import sessions
 from xapi.backends.xenops import protocol as P
 
 PREFIX = "/services/xenops"
@@ -23,11 +22,7 @@ async def handle(request: web.Request) -> web.Response:
     from .app import RUNTIME
 
     rt = request.app[RUNTIME]
-    session = request.query.get("session_id", "")
-    if rt.cache.get("session", session) is None:
-        # The source host made the session an instant ago: read the database's latest changes.
-        await asyncio.get_running_loop().run_in_executor(rt.executor, rt.db.catch_up)
-    if rt.cache.get("session", session) is None:
+    if await sessions.find(rt, request.query.get("session_id", "")) is None:
         return web.Response(status=403, body=_FORBIDDEN, headers={"Content-Type": "text/html"})
     queues = rt.config.xenopsd_queue_list
     if not queues:

@@ -73,6 +73,15 @@ def ensure_redis() -> str | None:
     return "Redis is not reachable on 127.0.0.1:6379 and could not be started"
 
 
+def require_pool_services() -> None:
+    """Skip the calling test, loudly, unless PostgreSQL and Redis are (or can be started)."""
+    import pytest
+
+    for problem in (ensure_postgres(), ensure_redis()):
+        if problem:
+            pytest.skip(f"LOUD SKIP: a pool needs PostgreSQL and Redis: {problem}")
+
+
 def create_pg_database() -> str:
     """A fresh, empty database for one test run; returns its URL."""
     from sqlalchemy import create_engine, text
@@ -166,10 +175,10 @@ def _stop_pid_file(pid_file: str, marker: bytes) -> None:
 
 
 def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:
-    """Run ``xapi worker`` for the server's host (same state dir and database)."""
+    """Run ``xapi worker`` for the server's host (same state dir, database and listen address)."""
     env = dict(os.environ)
     env.update({"XAPI_STATE_DIR": server.state_dir, "XAPI_DB_URL": server.db_url or "",
-                "XAPI_LOG_LEVEL": "INFO"})
+                "XAPI_LISTEN": f"{server.host}:{server.port}", "XAPI_LOG_LEVEL": "INFO"})
     env.pop("XAPI_CONFIG", None)
     for key, value in settings.items():
         env[f"XAPI_{key.upper()}"] = str(value)

@@ -41,12 +41,7 @@ async def check(ctx: Context, session: Any) -> str:
     ref = session if isinstance(session, str) else NULL_REF
     if ref in ctx.rt.extra.get(LOCAL_SESSIONS, ()):
         return ref
-    row = ctx.rt.cache.get("session", ref)
-    if row is None and ctx.rt.config.redis_url:
-        # In a pool the session may have been made on another host an instant
-        # ago, before its change notification reached this one.
-        await asyncio.get_running_loop().run_in_executor(ctx.rt.executor, ctx.rt.db.catch_up)
-        row = ctx.rt.cache.get("session", ref)
+    row = await find(ctx.rt, ref)
     if row is None:
         raise ApiError("SESSION_INVALID", ref)
     if not (ctx.local or row.values["pool"] or roles.is_master(ctx.rt)):
@@ -57,6 +52,16 @@ async def check(ctx: Context, session: Any) -> str:
         loop = asyncio.get_running_loop()
         loop.run_in_executor(ctx.rt.executor, _touch, ctx.rt, ref)
     return ref
+
+
+async def find(rt: Runtime, ref: str):
+    """The session's cached row, or None.  In a pool the session may have been
+    made on another host an instant ago, before its change notification came."""
+    row = rt.cache.get("session", ref)
+    if row is None and rt.config.redis_url:
+        await asyncio.get_running_loop().run_in_executor(rt.executor, rt.db.catch_up)
+        row = rt.cache.get("session", ref)
+    return row
 
 
 def alive(rt: Runtime, ref: str | None) -> bool:

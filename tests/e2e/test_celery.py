@@ -21,9 +21,7 @@ NET = {"name_label": "by-worker", "name_description": "", "MTU": "1500", "other_
 
 @pytest.fixture(scope="module")
 def pool_with_worker():
-    for problem in (support.ensure_postgres(), support.ensure_redis()):
-        if problem:
-            pytest.skip(f"LOUD SKIP: {problem}")
+    support.require_pool_services()
     url = support.create_pg_database()
     srv = support.start_server(db_url=url, redis_url=support.REDIS_URL, gc_interval=1)
     worker = support.start_worker(srv, redis_url=support.REDIS_URL)

@@ -21,7 +21,7 @@ import XenAPI
 
 from tests import support
 from tests.e2e.test_xe import xe_raw
-from tests.e2e.test_xo_client import JS_DIR, node_client  # noqa: F401  (fixture)
+from tests.e2e.conftest import JS_DIR
 
 pytestmark = pytest.mark.skipif(
     support.wanted_backend() != "postgresql",
@@ -74,11 +74,20 @@ def wait_for_role(server, master_address: str | None) -> None:
     wait_until(settled, what=f"{server.url} to serve as {'master' if master_address is None else 'member'}")
 
 
+def xo_view(node: str, server, transport: str, vms: int, hosts: int) -> dict:
+    """What XO's client, pointed at ``server``, ends up connected to and holds in its cache."""
+    args = {"url": server.url, "user": "root", "password": PW, "transport": transport,
+            "expectVms": vms, "expectHosts": hosts}
+    done = subprocess.run([node, str(PROBE), json.dumps(args)], cwd=JS_DIR,
+                          capture_output=True, text=True, timeout=90)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ok"], report
+    return report["result"]
+
+
 @pytest.fixture(scope="module")
 def pool():
-    for reason in (support.ensure_postgres(), support.ensure_redis()):
-        if reason:
-            pytest.skip(f"LOUD SKIP: the pool tests need PostgreSQL and Redis: {reason}")
+    support.require_pool_services()
     url = support.create_pg_database()
     port = support.free_port()
     hosts = {}
@@ -146,14 +155,8 @@ def test_members_answer_host_is_slave_and_serve_local_sessions(pool):
 
 
 @pytest.mark.parametrize("transport", ["json-rpc", "xml-rpc"])
-def test_xo_follows_host_is_slave_to_the_master(pool, node_client, transport):  # noqa: F811
-    args = {"url": pool["B"].url, "user": "root", "password": PW, "transport": transport,
-            "expectVms": 4, "expectHosts": 3}
-    done = subprocess.run([node_client, str(PROBE), json.dumps(args)], cwd=JS_DIR,
-                          capture_output=True, text=True, timeout=90)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["ok"], report
-    result = report["result"]
+def test_xo_follows_host_is_slave_to_the_master(pool, node_client, transport):
+    result = xo_view(node_client, pool["B"], transport, vms=4, hosts=3)
     assert result["connectedTo"] == "127.0.0.1"
     assert result["hosts"] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     dom0_hosts = {vm["resident_on"] for vm in result["vms"] if vm["is_control_domain"]}
@@ -161,7 +164,7 @@ def test_xo_follows_host_is_slave_to_the_master(pool, node_client, transport):  
 
 
 def test_vms_run_across_hosts_and_migrate_on_shared_storage(pool, tmp_path_factory,
-                                                             node_client):  # noqa: F811
+                                                             node_client):
     a = login(pool["A"]).xenapi
     hosts = {a.host.get_address(h): h for h in a.host.get_all()}
     master = hosts["127.0.0.1"]
@@ -195,13 +198,8 @@ def test_vms_run_across_hosts_and_migrate_on_shared_storage(pool, tmp_path_facto
     assert a.VM.get_power_state(moving) == "Running"
     # XO, pointed at a member, sees the guests running on every host through the master.
     running = {a.VM.get_uuid(vm): a.VM.get_resident_on(vm) for vm in [*vms.values(), anywhere]}
-    args = {"url": pool["C"].url, "user": "root", "password": PW, "transport": "xml-rpc",
-            "expectVms": 3 + len(running), "expectHosts": 3}
-    done = subprocess.run([node_client, str(PROBE), json.dumps(args)], cwd=JS_DIR,
-                          capture_output=True, text=True, timeout=90)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["ok"], report
-    seen = {vm["uuid"]: (vm["power_state"], vm["resident_on"]) for vm in report["result"]["vms"]}
+    result = xo_view(node_client, pool["C"], "xml-rpc", vms=3 + len(running), hosts=3)
+    seen = {vm["uuid"]: (vm["power_state"], vm["resident_on"]) for vm in result["vms"]}
     assert {u: seen.get(u) for u in running} == {u: ("Running", h) for u, h in running.items()}
     for vm in [*vms.values(), anywhere]:
         a.VM.hard_shutdown(vm)
@@ -236,7 +234,7 @@ def test_designate_new_master_hands_over(pool):
     assert b.pool.get_master(b.pool.get_all()[0]) == b_ref
 
 
-def test_kill_master_then_emergency_transition_keeps_every_change(pool, node_client):  # noqa: F811
+def test_kill_master_then_emergency_transition_keeps_every_change(pool, node_client):
     b = login(pool["B"]).xenapi
     pool_ref = b.pool.get_all()[0]
     b.pool.set_name_label(pool_ref, "written just before the crash")
@@ -258,12 +256,7 @@ def test_kill_master_then_emergency_transition_keeps_every_change(pool, node_cli
     assert a.host.get_address(a.pool.get_master(pool_ref)) == "127.0.0.1"
     assert a.pool.recover_slaves() == []  # B is dead: nobody to recover
     # XO pointed at the new master connects and sees the pool as it was.
-    args = {"url": pool["A"].url, "user": "root", "password": PW, "transport": "json-rpc",
-            "expectVms": 1, "expectHosts": 2}
-    done = subprocess.run([node_client, str(PROBE), json.dumps(args)], cwd=JS_DIR,
-                          capture_output=True, text=True, timeout=90)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["ok"], report
-    assert report["result"]["connectedTo"] == "127.0.0.1"
-    assert report["result"]["hosts"] == ["127.0.0.1", "127.0.0.2"]
-    assert survivor in {vm["uuid"] for vm in report["result"]["vms"]}
+    result = xo_view(node_client, pool["A"], "json-rpc", vms=1, hosts=2)
+    assert result["connectedTo"] == "127.0.0.1"
+    assert result["hosts"] == ["127.0.0.1", "127.0.0.2"]
+    assert survivor in {vm["uuid"] for vm in result["vms"]}

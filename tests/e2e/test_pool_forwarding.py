@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 
@@ -26,31 +25,16 @@ pytestmark = pytest.mark.skipif(support.wanted_backend() != "postgresql",
                                 reason="multi-host pool: run in the PostgreSQL pass")
 
 
-def _wait_port(host: str, port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {host}:{port}")
-
-
 @pytest.fixture(scope="module")
 def pool():
-    for problem in (support.ensure_postgres(), support.ensure_redis()):
-        if problem:
-            pytest.skip(f"LOUD SKIP: {problem}")
+    support.require_pool_services()
     url = support.create_pg_database()
     port = support.free_port()
     a = support.start_server(db_url=url, redis_url=support.REDIS_URL, port=port)
     b = support.start_server(db_url=url, redis_url=support.REDIS_URL, port=port,
-                             listen=f"127.0.0.2:{port}", unix_socket="")
-    _wait_port("127.0.0.2", port)
+                             listen_host="127.0.0.2", unix_socket="")
     # A worker reads its host's configuration (the same listen address as its server).
-    workers = [support.start_worker(srv, redis_url=support.REDIS_URL, listen=f"{ip}:{port}")
-               for srv, ip in ((a, "127.0.0.1"), (b, "127.0.0.2"))]
+    workers = [support.start_worker(srv, redis_url=support.REDIS_URL) for srv in (a, b)]
     shared_dir = tempfile.mkdtemp(prefix="xapi-shared-sr-")
     yield a, b, shared_dir
     for worker in workers:

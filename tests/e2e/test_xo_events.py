@@ -30,13 +30,12 @@ import pytest
 import XenAPI
 
 from tests import support
-from tests.e2e.test_xo_client import (  # noqa: F401  (node_client is a fixture)
-    JS_DIR,
+from tests.e2e.conftest import JS_DIR
+from tests.e2e.test_xo_client import (
     REF_RE,
     TRANSPORTS,
     UUID_RE,
     _assert_logged_out,
-    node_client,
     probe,
 )
 
