@@ -55,11 +55,23 @@ class ChangeListener:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.db.catch_up()  # whatever was committed before we listened
             while not self._stop.is_set():
-                notified = False
-                for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
-                    notified = True
+                # Each notification's payload is its commit's generation.
+                newest = 0
+                for note in conn.notifies(timeout=self.poll_interval, stop_after=1):
+                    newest = _generation(note.payload)
+                for note in conn.notifies(timeout=0):  # and whatever else is queued
+                    newest = max(newest, _generation(note.payload))
+                if newest and newest <= self.db.cache.generation:
+                    continue  # this process's own commits, applied as they committed
                 # Either a commit was announced or the poll interval passed.
-                if self.db.catch_up() and not notified:
+                if self.db.catch_up() and not newest:
                     log.debug("caught up without a notification")
         finally:
             raw.close()
+
+
+def _generation(payload: str) -> int:
+    try:
+        return int(payload)
+    except ValueError:
+        return 1 << 62  # not ours to read: catch up

@@ -28,6 +28,7 @@ A transaction that raises is rolled back whole: no partial write survives.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -41,12 +42,16 @@ from xapi.errors import ApiError
 from xapi.idl.model import Cls, Model, model as load_model
 from xapi.idl.types import NULL_REF
 
+from . import changelog as changelog_mod
 from . import migrate
 from .cache import Change, ObjectCache, _targets
+from .changelog import ChangeLogReader
 from .rawsql import RawSql
 from .schema import metadata, stored_classes, table_name
 from .values import from_column, normalize
 
+
+log = logging.getLogger("xapi.db")
 
 # A kept writer connection idle this long is pinged before use (PostgreSQL may
 # have restarted meanwhile); a busy one never is.
@@ -108,6 +113,7 @@ class Database:
         self._writer: Connection | None = None
         self._writer_used = 0.0
         self.verify = os.environ.get("XAPI_DB_VERIFY", "") not in ("", "0")
+        self.changelog = ChangeLogReader(self)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -129,6 +135,8 @@ class Database:
     def close(self) -> None:
         with self._write_lock:
             self._drop_writer()
+        with self.changelog.lock:
+            self.changelog.close()
         self.engine.dispose()
 
     @property
@@ -165,12 +173,21 @@ class Database:
                 # and ours back from the change log, in order.
                 self.catch_up(upto=generation)
             elif changes:
-                with self.cache.lock:
-                    if generation > self.cache.generation + 1:
-                        # Other processes committed in between: take theirs first,
-                        # so the cache (and event.from) sees generations in order.
-                        self.catch_up(upto=generation - 1)
+                self._apply_own(changes, generation)
+
+    def _apply_own(self, changes: list[Change], generation: int) -> None:
+        """Hand this process's commit to the cache, after any earlier generation."""
+        while True:
+            with self.cache.lock:
+                if generation <= self.cache.generation:
+                    return  # a catch-up read it back from the database already
+                if generation == self.cache.generation + 1:
                     self.cache.apply(changes, generation)
+                    return
+            # Other processes committed in between: take theirs first (outside the
+            # cache lock, which a catch-up takes after its reader lock), so the
+            # cache and event.from see generations in order.
+            self.catch_up(upto=generation - 1)
 
     def _writer_connection(self) -> Connection:
         conn = self._writer
@@ -198,38 +215,69 @@ class Database:
     def catch_up(self, upto: int | None = None) -> int:
         """Apply changes committed by other processes since the cache's generation.
 
-        Reads ``xapi_changes`` in generation order and re-reads the rows they
-        name.  Returns the number of generations applied.
+        Reads the change log in generation order and the rows it names
+        (``db/changelog.py``); reloads everything when the log no longer goes
+        back that far.  Returns the number of generations applied.
         """
+        reader = self.changelog
+        with reader.lock:
+            batches = reader.read(self.cache.generation, upto)
+            if batches is None:
+                return self._reload()
+            applied = 0
+            with self.cache.lock:
+                for gen, changes in batches:
+                    # A writer of this process may have applied some meanwhile.
+                    if gen > self.cache.generation:
+                        self.cache.apply(changes, gen)
+                        applied += 1
+            if self.verify:
+                self._verify([ch for _, changes in batches for ch in changes])
+            return applied
+
+    def _reload(self) -> int:
+        """Every row read again, after falling behind what the change log keeps.
+
+        The differences are applied as one generation (the current one), so
+        ``event.from`` waiters hear of them as of any other commit.
+        """
+        generation, everything = self.changelog.read_all()
+        changes = []
         with self.cache.lock:
-            since = self.cache.generation
-            query = select(_changes_table()).where(_changes_table().c.generation > since)
-            if upto is not None:
-                query = query.where(_changes_table().c.generation <= upto)
-            query = query.order_by(_changes_table().c.generation)
-            with self.engine.connect() as conn:
-                entries = conn.execute(query).all()
-                by_generation: dict[int, list] = {}
-                for gen, cls, ref, op in entries:
-                    by_generation.setdefault(gen, []).append((cls, ref, op))
-                batches = []
-                for gen, items in by_generation.items():
-                    changes = []
-                    for cls, ref, op in items:
-                        if cls not in self.tables:
-                            continue
-                        if op == "del":
-                            row = self.cache.get(cls, ref)
-                            changes.append(Change(cls, ref, "del", None, row.created if row else 0, gen))
-                            continue
-                        table = self.tables[cls]
-                        row = conn.execute(select(table).where(table.c._ref == ref)).mappings().first()
-                        if row is not None:  # else deleted later: its del entry follows
-                            changes.append(self._change_from_row(cls, op, row))
-                    batches.append((gen, changes))
-            for gen, changes in batches:
-                self.cache.apply(changes, gen)
-            return len(batches)
+            for cls, rows in everything.items():
+                for ref in {r.ref for r in self.cache.rows(cls)} - rows.keys():
+                    changes.append(Change(cls, ref, "del", None, self.cache.get(cls, ref).created,
+                                          generation))
+                for ref, (_, values, created, modified) in rows.items():
+                    op = "mod" if self.cache.get(cls, ref) is not None else "add"
+                    changes.append(Change(cls, ref, op, values, created, modified))
+            if generation <= self.cache.generation:
+                return 0
+            self.cache.apply(changes, generation)
+        log.warning("fell behind the change log: reloaded the cache at generation %d", generation)
+        return 1
+
+    def trim_changes(self, keep: int = changelog_mod.KEEP_GENERATIONS) -> int:
+        """Forget change-log entries older than ``keep`` generations (the GC calls this)."""
+        if self.dialect == "sqlite":  # one writer at a time there
+            with self._write_lock:
+                return self.changelog.trim(keep)
+        return self.changelog.trim(keep)
+
+    def _verify(self, changes: list[Change]) -> None:
+        """Rows read back by a catch-up are what SQLAlchemy reads (XAPI_DB_VERIFY)."""
+        with self.engine.connect() as conn:
+            for ch in changes:
+                if ch.op == "del":
+                    continue
+                table = self.tables[ch.cls]
+                row = conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().first()
+                if row is None:
+                    continue  # deleted since
+                stored = self._values_from_row(ch.cls, row)
+                if stored != ch.values and row["_modified"] == ch.modified:
+                    raise AssertionError(f"{ch.cls} {ch.ref}: catch-up decoded {ch.values}, "
+                                         f"SQLAlchemy reads {stored}")
 
     def _change_from_row(self, cls: str, op: str, row) -> Change:
         return Change(cls, row["_ref"], op, self._values_from_row(cls, row), row["_created"],
@@ -540,6 +588,3 @@ def _dbapi_closed(conn: Connection) -> bool:
     except Exception:
         return True
 
-
-def _changes_table() -> Table:
-    return metadata.tables["xapi_changes"]

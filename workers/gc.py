@@ -11,6 +11,8 @@ One pass:
 - sessions idle for longer than ``inactive_session_timeout`` and without
   pending tasks are destroyed;
 - pending tasks of a worker process of this host that died are failed;
+- change-log entries more than ``KEEP_GENERATIONS`` old are forgotten
+  (``db/changelog.py``);
 - on the master only, host liveness: ``host_metrics.live`` from the hosts'
   heartbeats (xapi's check_host_liveness, ``xapi/pool/liveness.py``).
 
@@ -45,6 +47,7 @@ class GcReport:
     excess: int = 0
     sessions: int = 0
     orphans: int = 0
+    trimmed: int = 0
     live_changed: dict[str, bool] = field(default_factory=dict)
 
 
@@ -56,6 +59,7 @@ def run_pass(rt: Runtime, state: GcState) -> GcReport:
     except Exception:  # the task and session GC below must not depend on it
         log.exception("host liveness check failed")
     report.orphans = tasks.fail_dead_local_workers(rt)
+    report.trimmed = rt.db.trim_changes()
     current = now()
     rows = rt.cache.rows("task")
     doomed: set[str] = set()

@@ -66,5 +66,6 @@ def worker_runtime():
 @app.task(name=TASK_NAME)
 def run_call(task: str, method: str, args_xml: str, session: str) -> None:
     rt, dispatcher = worker_runtime()
-    rt.db.catch_up()  # the task row was committed just before this message was sent
+    if rt.cache.get("task", task) is None:
+        rt.db.catch_up()  # committed just before this message was sent; not heard of yet
     asyncio.run(dispatcher.run_submitted(rt, task, method, args_xml, session))

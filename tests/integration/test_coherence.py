@@ -123,3 +123,52 @@ def test_a_late_own_apply_does_not_reorder_the_journal():
     cache.apply([change(2, "OpaqueRef:a")], 2)  # the committing thread, late
     assert list(cache.journal) == before
     assert [e[0] for e in cache.journal] == [1, 2, 3]
+
+
+def test_a_cache_behind_a_trimmed_change_log_reloads(two):
+    a, b = two
+    gone, kept = make_ref(), make_ref()
+    with b.write() as tx:
+        tx.insert("network", gone, {"uuid": make_uuid(), "name_label": "gone"})
+        tx.insert("network", kept, {"uuid": make_uuid(), "name_label": "kept"})
+    a.catch_up()
+    woken = []
+    a.cache.listeners.append(lambda generation, changes: woken.append(generation))
+    added = make_ref()
+    with b.write() as tx:
+        tx.delete("network", gone)
+    with b.write() as tx:
+        tx.update("network", kept, {"name_label": "renamed"})
+    with b.write() as tx:
+        tx.insert("network", added, {"uuid": make_uuid(), "name_label": "added"})
+    assert b.trim_changes(keep=1) == 4  # generations 1-3 (two entries for the first)
+    assert a.catch_up() == 1  # one reload
+    assert a.cache.get("network", gone) is None
+    assert a.cache.get("network", kept).values["name_label"] == "renamed"
+    assert a.cache.get("network", added).values["name_label"] == "added"
+    assert a.cache.generation == b.cache.generation == 4
+    assert woken == [4]
+    # Back on the log from there.
+    with b.write() as tx:
+        tx.update("network", added, {"name_label": "again"})
+    assert a.catch_up() == 1
+    assert a.cache.get("network", added).values["name_label"] == "again"
+
+
+def test_catch_up_reads_rows_as_sqlalchemy_does(two):
+    """Every column type decodes as the write path stores it (XAPI_DB_VERIFY compares too)."""
+    a, b = two
+    vm = make_ref()
+    values = {"uuid": make_uuid(), "name_label": "typed", "memory_static_max": 2 ** 40,
+              "VCPUs_at_startup": 3, "is_a_template": True, "other_config": {"k": "v"},
+              "blocked_operations": {"start": "no"}, "user_version": 7,
+              "start_delay": 5, "tags": ["a", "b"], "power_state": "Halted"}
+    with b.write() as tx:
+        tx.insert("VM", vm, values)
+        tx.insert("VM_metrics", make_ref(), {"uuid": make_uuid(), "memory_actual": 12,
+                                             "VCPUs_utilisation": {1: 0.5}})
+    a.catch_up()
+    assert a.cache.get("VM", vm).values == b.cache.get("VM", vm).values
+    (mine,) = [r for r in a.cache.rows("VM_metrics")]
+    theirs = b.cache.get("VM_metrics", mine.ref)
+    assert mine.values == theirs.values and mine.values["VCPUs_utilisation"] == {1: 0.5}
