@@ -1,9 +1,11 @@
 """Keep this process's object cache coherent with other processes' commits.
 
-On PostgreSQL every commit sends ``NOTIFY xapi_changes``; a thread here
-LISTENs on its own connection and catches the cache up from the change log
-(``Database.catch_up``), which also wakes event.from waiters through the
-cache's listeners.  A slow periodic catch-up covers a lost connection.
+On PostgreSQL every commit sends ``NOTIFY xapi_changes`` with its generation
+and, when they fit, its changes (``db/announce.py``).  A thread here LISTENs
+on its own connection and applies them (``Database.hear``), or catches the
+cache up from the change log when it cannot (``Database.catch_up``); either
+wakes event.from waiters through the cache's listeners.  A slow periodic
+catch-up covers a lost connection.
 SQLite (the embedded mode) has one process, so nothing needs to listen.
 """
 
@@ -55,23 +57,13 @@ class ChangeListener:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.db.catch_up()  # whatever was committed before we listened
             while not self._stop.is_set():
-                # Each notification's payload is its commit's generation.
-                newest = 0
-                for note in conn.notifies(timeout=self.poll_interval, stop_after=1):
-                    newest = _generation(note.payload)
-                for note in conn.notifies(timeout=0):  # and whatever else is queued
-                    newest = max(newest, _generation(note.payload))
-                if newest and newest <= self.db.cache.generation:
-                    continue  # this process's own commits, applied as they committed
-                # Either a commit was announced or the poll interval passed.
-                if self.db.catch_up() and not newest:
+                payloads = [n.payload for n in conn.notifies(timeout=self.poll_interval,
+                                                             stop_after=1)]
+                if payloads:  # and whatever else is queued, in commit order
+                    payloads += [n.payload for n in conn.notifies(timeout=0)]
+                    self.db.hear(payloads)
+                elif self.db.catch_up():  # the poll interval passed
                     log.debug("caught up without a notification")
         finally:
             raw.close()
 
-
-def _generation(payload: str) -> int:
-    try:
-        return int(payload)
-    except ValueError:
-        return 1 << 62  # not ours to read: catch up

@@ -49,7 +49,9 @@ class RawSql:
                 f"SELECT generation, {p}, {p}, {p} FROM xapi_generation WHERE id = 1")
 
     def notify_here(self) -> str:
-        return f"SELECT pg_notify({self.ph}, generation::text) FROM xapi_generation WHERE id = 1"
+        """NOTIFY channel, payload = the new generation followed by the second parameter."""
+        return (f"SELECT pg_notify({self.ph}, generation::text || {self.ph}) "
+                f"FROM xapi_generation WHERE id = 1")
 
 
 class TableSql:

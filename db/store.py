@@ -42,6 +42,7 @@ from xapi.errors import ApiError
 from xapi.idl.model import Cls, Model, model as load_model
 from xapi.idl.types import NULL_REF
 
+from . import announce
 from . import changelog as changelog_mod
 from . import migrate
 from .cache import Change, ObjectCache, _targets
@@ -219,21 +220,51 @@ class Database:
         (``db/changelog.py``); reloads everything when the log no longer goes
         back that far.  Returns the number of generations applied.
         """
-        reader = self.changelog
-        with reader.lock:
-            batches = reader.read(self.cache.generation, upto)
-            if batches is None:
-                return self._reload()
-            applied = 0
-            with self.cache.lock:
-                for gen, changes in batches:
-                    # A writer of this process may have applied some meanwhile.
-                    if gen > self.cache.generation:
-                        self.cache.apply(changes, gen)
-                        applied += 1
-            if self.verify:
-                self._verify([ch for _, changes in batches for ch in changes])
-            return applied
+        if upto is not None and upto <= self.cache.generation:
+            return 0
+        with self.changelog.lock:
+            return self._catch_up(upto)
+
+    def _catch_up(self, upto: int | None) -> int:
+        batches = self.changelog.read(self.cache.generation, upto)
+        if batches is None:
+            return self._reload()
+        applied = 0
+        with self.cache.lock:
+            for gen, changes in batches:
+                # A writer of this process may have applied some meanwhile.
+                if gen > self.cache.generation:
+                    self.cache.apply(changes, gen)
+                    applied += 1
+        if self.verify:
+            self._verify([ch for _, changes in batches for ch in changes])
+        return applied
+
+    def hear(self, payloads: list[str]) -> None:
+        """Apply commits announced by ``NOTIFY`` (``db/announce.py``), in order.
+
+        A commit right after the cache's generation that carries its changes
+        is applied as announced; anything else (a missed generation, a
+        payload too large to carry them) is read back from the change log.
+        """
+        with self.changelog.lock:
+            for payload in payloads:
+                try:
+                    generation, body = announce.split(payload)
+                except ValueError:
+                    generation, body = 1 << 62, None  # not ours to read: catch up
+                with self.cache.lock:
+                    if generation <= self.cache.generation:
+                        continue  # applied already (this process's own commits, mostly)
+                    changes = None
+                    if generation == self.cache.generation + 1 and body is not None:
+                        changes = announce.decode(self.classes, self.cache, generation, body)
+                    if changes is not None:
+                        self.cache.apply(changes, generation)
+                if changes is None:
+                    self._catch_up(None)
+                elif self.verify:
+                    self._verify(changes)
 
     def _reload(self) -> int:
         """Every row read again, after falling behind what the change log keeps.
@@ -532,8 +563,11 @@ class Transaction:
                 bump.execute(raw.bump_generation())
                 self._cursor.executemany(raw.log_change_here(),
                                          [(c, r, op) for (c, r), op in ops.items()])
-                # Delivered at commit to every process LISTENing (db/listen.py).
-                self._cursor.execute(raw.notify_here(), (NOTIFY_CHANNEL,))
+                # Delivered at commit to every process LISTENing (db/listen.py), with
+                # the changes themselves when they fit (db/announce.py).
+                body = announce.encode(self.db.classes, ops, self._rows, self._changed)
+                self._cursor.execute(raw.notify_here(),
+                                     (NOTIFY_CHANNEL, "" if body is None else " " + body))
                 for (cls, op), refs in _stamps(ops).items():
                     sql = self._sql(cls)
                     self._cursor.executemany(sql.stamp_add_here if op == "add" else sql.stamp_mod_here,

@@ -55,6 +55,7 @@ def worker_runtime():
 
                 rt.domains = Domains(rt, cfg.xenopsd_queue_list, cfg.xenopsd_sockets,
                                      cfg.xenopsd_encoding, watching=False)
+                rt.domains.start_task_watchers()
             failed = tasks.fail_orphans(rt, alive={rt.process_id}, kind="worker")
             if failed:
                 log.warning("failed %d tasks left pending by a previous worker", failed)

@@ -44,6 +44,7 @@ class Domains:
         self._vm_changed: threading.Condition | None = None  # see _vm_changes
         self._lock = threading.Lock()
         self.watchers: list = []
+        self._task_watchers: dict[str, Any] = {}  # queue → TaskWatcher, in a worker
         # False in a worker: the server's watchers write xenopsd's state back, and
         # this process learns of it through the database's change notifications.
         self.watching = watching
@@ -100,9 +101,9 @@ class Domains:
                     raise self.api_error(XenopsError(*P.task_error(task)), vm_ref, queue)
                 if ctx.task:
                     self._mirror_progress(ctx.task, P.task_progress(task))
-                # The watcher signals each change; without a watcher here (a worker),
-                # poll briskly rather than once a second.
-                done.wait(1.0 if self.watching else 0.05)
+                # The watcher (a worker's TaskWatcher) signals each change; while it
+                # is not listening, poll briskly rather than once a second.
+                done.wait(1.0 if self._hearing(queue) else 0.05)
         finally:
             with self._lock:
                 self._finished.pop(key, None)
@@ -111,6 +112,13 @@ class Domains:
                 client.task_destroy(task_id)
             except Exception:
                 log.debug("could not destroy xenopsd task %s", task_id, exc_info=True)
+
+    def _hearing(self, queue: str) -> bool:
+        """Whether a watcher here reads the queue's updates (and so wakes task waiters)."""
+        if self.watching:
+            return True
+        listener = self._task_watchers.get(queue)
+        return listener is not None and listener.listening.is_set()
 
     def _mirror_progress(self, xapi_task: str, progress: float) -> None:
         row = self.rt.cache.get("task", xapi_task)
@@ -240,10 +248,20 @@ class Domains:
     # -- lifecycle of the service ------------------------------------------------------
 
     def start_watchers(self) -> None:
+        """The server's: one QueueWatcher per queue, writing xenopsd's state back."""
         from .watcher import QueueWatcher
 
         for queue in self.queues:
             watcher = QueueWatcher(self, queue)
+            self.watchers.append(watcher)
+            watcher.start()
+
+    def start_task_watchers(self) -> None:
+        """A worker's: hear of its xenopsd tasks' changes (``TaskWatcher``)."""
+        from .watcher import TaskWatcher
+
+        for queue in self.queues:
+            watcher = self._task_watchers[queue] = TaskWatcher(self, queue)
             self.watchers.append(watcher)
             watcher.start()
 

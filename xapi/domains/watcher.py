@@ -314,3 +314,46 @@ class QueueWatcher:
             self.client.vm_remove(uuid)
         except XenopsError:
             log.warning("could not clean up unknown domain %s", uuid, exc_info=True)
+
+
+class TaskWatcher:
+    """A worker's ear on a queue: ``UPDATES.get`` for task updates only.
+
+    A worker runs xenopsd operations but does not write xenopsd's state back
+    (the queue's one ``QueueWatcher`` in the server does).  It still needs
+    to know when a task it waits for changed, without polling TASK.stat:
+    this loop reads the same update stream and wakes the task's waiter,
+    leaving every other update and every barrier to the server's watcher.
+    """
+
+    def __init__(self, domains, queue: str):
+        self.domains = domains
+        self.queue = queue
+        self.client = domains.clients[queue]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"xenops-tasks-{queue}", daemon=True)
+        self.listening = threading.Event()  # set while the stream is read
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        last: int | None = None
+        while not self._stop.is_set():
+            try:
+                if last is None:
+                    last = self.client.updates_last_id()
+                    self.listening.set()
+                _, updates, last = self.client.updates_get(last, 5)
+                for dyn in updates:
+                    if dyn[0] == "Task":
+                        self.domains.task_changed(self.queue, dyn[1])
+            except Exception as exc:  # unreachable xenopsd, or a reply we cannot read
+                if self.listening.is_set():
+                    log.warning("task updates of %s lost (%s); waiters poll meanwhile", self.queue, exc)
+                self.listening.clear()
+                last = None
+                self._stop.wait(1.0)
