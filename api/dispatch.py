@@ -166,8 +166,7 @@ class Dispatcher:
         await self._run_task(ctx, route, args, task)
 
     def _take_over(self, task: str) -> None:
-        with self.rt.db.write() as tx:
-            tx.update_task_owner(task, self.rt.process_id)
+        self.rt.db.set_task_owner(task, self.rt.process_id)
 
     def _celery_queue(self, host: str | None = None) -> str | None:
         if not self.rt.config.redis_url:

@@ -207,6 +207,11 @@ class ChangeLogReader:
             return generation, everything
         return self._query(run)
 
+    def execute(self, sql: str, params: tuple) -> None:
+        """One statement of its own, committed at once (a private table's update)."""
+        with self.lock:
+            self._query(lambda cur: cur.execute(sql, params))
+
     # -- trimming ------------------------------------------------------------------
 
     def trim(self, keep: int = KEEP_GENERATIONS) -> int:

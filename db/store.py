@@ -288,6 +288,17 @@ class Database:
         log.warning("fell behind the change log: reloaded the cache at generation %d", generation)
         return 1
 
+    def set_task_owner(self, task: str, owner: str) -> None:
+        """Record the process that runs a task now (a worker taking a queued call over).
+
+        A private table, no generation: on PostgreSQL one autocommitted
+        statement rather than a transaction behind the write lock."""
+        if self.dialect == "sqlite":
+            with self.write() as tx:
+                tx.update_task_owner(task, owner)
+            return
+        self.changelog.execute("UPDATE xapi_task_owner SET owner = %s WHERE task = %s", (owner, task))
+
     def trim_changes(self, keep: int = changelog_mod.KEEP_GENERATIONS) -> int:
         """Forget change-log entries older than ``keep`` generations (the GC calls this)."""
         if self.dialect == "sqlite":  # one writer at a time there

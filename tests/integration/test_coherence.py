@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -172,3 +173,42 @@ def test_catch_up_reads_rows_as_sqlalchemy_does(two):
     (mine,) = [r for r in a.cache.rows("VM_metrics")]
     theirs = b.cache.get("VM_metrics", mine.ref)
     assert mine.values == theirs.values and mine.values["VCPUs_utilisation"] == {1: 0.5}
+
+
+def test_announced_commits_are_applied_without_reading_back(two):
+    """The NOTIFY payload carries the changes; only one too large for it is read back."""
+    a, b = two
+    if a.dialect != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite runs one process")
+    reads = []
+    real_read = a.changelog.read
+    a.changelog.read = lambda since, upto=None: reads.append(since) or real_read(since, upto)
+    listener = ChangeListener(a, poll_interval=30).start()
+    try:
+        time.sleep(0.3)
+        reads.clear()  # the listener's first catch-up
+        vm, started = make_ref(), datetime.now(timezone.utc)
+        with b.write() as tx:
+            tx.insert("VM", vm, {"uuid": make_uuid(), "name_label": "announced"})
+        with b.write() as tx:
+            tx.update("VM", vm, {"name_description": "changed", "tags": ["t"],
+                                 "other_config": {"k": "v"}})
+        metrics = make_ref()
+        with b.write() as tx:
+            tx.insert("VM_metrics", metrics, {"uuid": make_uuid(), "start_time": started,
+                                              "VCPUs_utilisation": {0: 0.25}})
+        assert _wait(lambda: a.cache.get("VM_metrics", metrics) is not None)
+        assert reads == []
+        for cls, ref in (("VM", vm), ("VM_metrics", metrics)):
+            mine, theirs = a.cache.get(cls, ref), b.cache.get(cls, ref)
+            assert (mine.values, mine.created, mine.modified) == \
+                   (theirs.values, theirs.created, theirs.modified)
+        assert a.cache.get("VM_metrics", metrics).values["start_time"] == started  # microseconds
+        # Too large for a payload: announced by its generation alone, read back.
+        with b.write() as tx:
+            tx.update("VM", vm, {"other_config": {f"key{i}": "x" * 100 for i in range(100)}})
+        assert _wait(lambda: len(a.cache.get("VM", vm).values["other_config"]) == 100)
+        assert reads == [3]
+        assert a.cache.generation == b.cache.generation == 4
+    finally:
+        listener.stop()

@@ -41,7 +41,7 @@ class Domains:
         self._finished: dict[tuple[str, str], threading.Event] = {}
         self._barriers: dict[tuple[str, int], threading.Event] = {}
         self._barrier_ids = itertools.count(1)
-        self._vm_changed: threading.Condition | None = None  # see _vm_changes
+        self._vm_waiters: dict[str, list[threading.Event]] | None = None  # see _vm_waiter
         self._lock = threading.Lock()
         self.watchers: list = []
         self._task_watchers: dict[str, Any] = {}  # queue → TaskWatcher, in a worker
@@ -186,39 +186,52 @@ class Domains:
             row = cache.get("VM", ref) if ref else None
             return row is None or (row.values["power_state"] == power and row.values["domid"] == domid)
 
-        # The change listener catches the cache up on every commit notification and
-        # wakes us; a catch-up of our own now and then covers a lost notification.
-        changed = self._vm_changes()
-        deadline = time.monotonic() + timeout
-        next_catch_up = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_catch_up:
-                self.rt.db.catch_up()
-                next_catch_up = now + 0.5
-            with changed:
-                if written():
-                    return
+        # The change listener applies every commit it hears of and wakes us when it
+        # touches this VM; a catch-up of our own now and then covers a lost one.
+        ref = cache.ref_by_uuid("VM", vm_uuid)
+        woken = self._vm_waiter(ref)
+        try:
+            deadline = time.monotonic() + timeout
+            while not written():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
-                changed.wait(min(remaining, 0.5))
-        log.warning("VM %s: the database did not show xenopsd's %s in %.0f s", vm_uuid, power, timeout)
+                    log.warning("VM %s: the database did not show xenopsd's %s in %.0f s",
+                                vm_uuid, power, timeout)
+                    return
+                if not woken.wait(min(remaining, 0.5)):
+                    self.rt.db.catch_up()
+                woken.clear()
+        finally:
+            self._vm_waiter(ref, done=woken)
 
-    def _vm_changes(self) -> threading.Condition:
-        """A condition notified whenever the cache applies a change to a VM."""
+    def _vm_waiter(self, vm_ref: str | None, done: threading.Event | None = None) -> threading.Event:
+        """An event set whenever the cache applies a change to ``vm_ref`` (``done``: forget it).
+
+        Per VM, so a change wakes only the threads waiting for that VM."""
         with self._lock:
-            if self._vm_changed is None:
-                condition = threading.Condition()
+            waiters = self._vm_waiters
+            if waiters is None:
+                waiters = self._vm_waiters = {}
 
                 def on_changes(generation, changes) -> None:
-                    if any(ch.cls == "VM" for ch in changes):
-                        with condition:
-                            condition.notify_all()
+                    for ch in changes:
+                        if ch.cls == "VM":
+                            for event in waiters.get(ch.ref, ()):
+                                event.set()
 
                 self.rt.cache.listeners.append(on_changes)
-                self._vm_changed = condition
-            return self._vm_changed
+            if done is not None:
+                mine = waiters.get(vm_ref, [])
+                if done in mine:
+                    mine = [e for e in mine if e is not done]
+                    if mine:
+                        waiters[vm_ref] = mine
+                    else:
+                        waiters.pop(vm_ref, None)
+                return done
+            event = threading.Event()
+            waiters[vm_ref] = [*waiters.get(vm_ref, ()), event]  # replaced, never mutated
+            return event
 
     def refresh(self, queue: str, vm_uuid: str) -> None:
         """Have xenopsd re-announce the VM and its devices, then wait for the write-back."""
