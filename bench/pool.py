@@ -214,7 +214,8 @@ def agents_main(cfg_file: str) -> None:
     def run_call(self, task: str, method: str, args_xml: str, session: str) -> None:
         # The routing key is the queue, host.<uuid>: which agent the call is for.
         rt, dispatcher = by_queue[self.request.delivery_info["routing_key"]]
-        rt.db.catch_up()  # the task row was committed just before the message was sent
+        if rt.cache.get("task", task) is None:  # as workers/tasks.py run_call
+            rt.db.catch_up()  # committed just before the message was sent; not heard of yet
         asyncio.run(dispatcher.run_submitted(rt, task, method, args_xml, session))
 
     print(json.dumps({"ready": len(runtimes)}), flush=True)
