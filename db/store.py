@@ -529,7 +529,10 @@ class Transaction:
         elif op == "del":
             self._ops[key] = "del"
 
-    def _finish(self) -> tuple[list[Change], int]:
+    def _finish(self) -> tuple[list[Change] | None, int]:
+        """Log and stamp the changes (on PostgreSQL, commit too); the changes for
+        the cache and the new generation.  None for the changes when they
+        cannot be known without reading back (the writer catches up instead)."""
         ops = {k: v for k, v in self._ops.items() if v is not None}
         if not ops:
             return [], self.db.cache.generation
@@ -537,16 +540,25 @@ class Transaction:
             generation = self._log_pipelined(ops)
         else:
             generation = self._log(ops)
-        # Nothing committed between the cache's generation and ours: the cached rows
-        # are what this transaction started from, and stay so until our commit (a
-        # later generation cannot commit before it).  No cache lock is taken: a
-        # catch-up holding it must not hold up a writer holding the generation lock.
-        if generation != self.db.cache.generation + 1:
-            return None, generation  # the writer catches up, ours included, after the commit
-        changes = [self._change(cls, ref, op, generation) for (cls, ref), op in ops.items()]
-        if self.db.verify:
+        with self.db.cache.lock:
+            changes = self._changes(ops, generation)
+        if changes is not None and self.db.verify:
             self._verify(changes)
         return changes, generation
+
+    def _changes(self, ops: dict, generation: int) -> list[Change] | None:
+        # With the cache at the generation before ours, a cached row is the stored
+        # row as this transaction found it, and that plus what it wrote is the
+        # stored row now.  Otherwise other processes committed in between (or a
+        # modified object is not cached): read ours back with theirs.
+        if generation != self.db.cache.generation + 1:
+            return None
+        changes = []
+        for (cls, ref), op in ops.items():
+            if op == "mod" and self.db.cache.get(cls, ref) is None:
+                return None
+            changes.append(self._change(cls, ref, op, generation))
+        return changes
 
     def _log(self, ops: dict) -> int:
         """Bump the generation, log the changes, stamp the rows; the new generation."""
@@ -563,9 +575,12 @@ class Transaction:
         return generation
 
     def _log_pipelined(self, ops: dict) -> int:
-        """``_log`` on PostgreSQL in one round trip: the generation's row lock, which
-        orders every writer of the pool, is held for that round trip and the commit.
-        The later statements read the new generation back in SQL."""
+        """``_log`` and the commit on PostgreSQL in one round trip.
+
+        The generation's row lock orders every writer of the pool: it is held
+        from the bump to the commit, which travel together, so no Python (nor
+        a wait for the GIL) runs while it is held.  The later statements read
+        the new generation back in SQL."""
         raw = self.db.raw_sql
         dbapi = self.conn.connection.dbapi_connection
         bump = dbapi.cursor()
@@ -583,6 +598,7 @@ class Transaction:
                     sql = self._sql(cls)
                     self._cursor.executemany(sql.stamp_add_here if op == "add" else sql.stamp_mod_here,
                                              [(r,) for r in refs])
+                dbapi.commit()  # queued in the pipeline (Database.write's commit is then a no-op)
             return bump.fetchone()[0]
         finally:
             bump.close()
@@ -594,14 +610,7 @@ class Transaction:
         if op == "add":
             return Change(cls, ref, op, self._rows[key], generation, generation)
         row = self.db.cache.get(cls, ref)
-        if row is None:
-            return Change(cls, ref, op, self._select(cls, ref), self._created(cls, ref), generation)
         return Change(cls, ref, op, {**row.values, **self._changed.get(key, {})}, row.created, generation)
-
-    def _created(self, cls: str, ref: str) -> int:
-        p = self.db.raw_sql.ph
-        sql = self._sql(cls)
-        return self._run(f"SELECT _created FROM {sql.name} WHERE _ref = {p}", (ref,)).fetchone()[0]
 
     def _verify(self, changes: list[Change]) -> None:
         """The rows handed to the cache are the stored rows (XAPI_DB_VERIFY)."""
@@ -609,7 +618,9 @@ class Transaction:
             if ch.op == "del":
                 continue
             table = self.db.tables[ch.cls]
-            row = self.conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().one()
+            row = self.conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().first()
+            if row is None or row["_modified"] != ch.modified:
+                continue  # committed already (PostgreSQL) and changed since by a later commit
             stored = self.db._change_from_row(ch.cls, ch.op, row)
             if (stored.values, stored.created, stored.modified) != (ch.values, ch.created, ch.modified):
                 diff = {k: (ch.values.get(k), v) for k, v in stored.values.items() if ch.values.get(k) != v}
