@@ -9,6 +9,9 @@ Every change goes through ``Database.write()``.  At commit the transaction
    ``xapi_changes`` entry per object (add, mod or del),
 3. commits, and hands the touched rows to the object cache.
 
+On PostgreSQL steps 1-3 and the ``NOTIFY`` that announces the commit to
+other processes (``db/announce.py``) travel in one pipelined round trip.
+
 The rows handed to the cache are not read back: the transaction knows what
 it wrote, and when no other process committed since the cache's generation
 (always, on SQLite) the cached row plus this transaction's changes is the
