@@ -261,7 +261,11 @@ class Database:
                         continue  # applied already (this process's own commits, mostly)
                     changes = None
                     if generation == self.cache.generation + 1 and body is not None:
-                        changes = announce.decode(self.classes, self.cache, generation, body)
+                        try:
+                            changes = announce.decode(self.classes, self.cache, generation, body)
+                        except (ValueError, KeyError, TypeError):
+                            log.warning("unreadable announcement of generation %d; reading it back",
+                                        generation)
                     if changes is not None:
                         self.cache.apply(changes, generation)
                 if changes is None:

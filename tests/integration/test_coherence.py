@@ -212,3 +212,14 @@ def test_announced_commits_are_applied_without_reading_back(two):
         assert a.cache.generation == b.cache.generation == 4
     finally:
         listener.stop()
+
+
+def test_an_unreadable_announcement_is_read_back(two):
+    a, b = two
+    net = make_ref()
+    with b.write() as tx:
+        tx.insert("network", net, {"uuid": make_uuid(), "name_label": "from b"})
+    a.hear([f"{b.cache.generation} [[\"network\", \"{net}\", \"add\", {{\"no_such_field\": 1}}]]",
+            "not a generation"])
+    assert a.cache.get("network", net).values["name_label"] == "from b"
+    assert a.cache.generation == b.cache.generation
