@@ -590,21 +590,26 @@ class Transaction:
         the new generation back in SQL."""
         raw = self.db.raw_sql
         dbapi = self.conn.connection.dbapi_connection
+        # Everything is prepared first: the pipeline sends each statement at once, so
+        # Python run between them would run under the generation lock.
+        log_rows = [(c, r, op) for (c, r), op in ops.items()]
+        # Delivered at commit to every process LISTENing (db/listen.py), with the
+        # changes themselves when they fit (db/announce.py).
+        try:
+            body = announce.encode(self.db.classes, ops, self._rows, self._changed)
+        except (TypeError, ValueError):  # listeners read it back from the log instead
+            body = None
+        notify = (NOTIFY_CHANNEL, "" if body is None else " " + body)
+        stamps = [(self._sql(cls).stamp_add_here if op == "add" else self._sql(cls).stamp_mod_here,
+                   [(r,) for r in refs]) for (cls, op), refs in _stamps(ops).items()]
         bump = dbapi.cursor()
         try:
             with dbapi.pipeline():
                 bump.execute(raw.bump_generation())
-                self._cursor.executemany(raw.log_change_here(),
-                                         [(c, r, op) for (c, r), op in ops.items()])
-                # Delivered at commit to every process LISTENing (db/listen.py), with
-                # the changes themselves when they fit (db/announce.py).
-                body = announce.encode(self.db.classes, ops, self._rows, self._changed)
-                self._cursor.execute(raw.notify_here(),
-                                     (NOTIFY_CHANNEL, "" if body is None else " " + body))
-                for (cls, op), refs in _stamps(ops).items():
-                    sql = self._sql(cls)
-                    self._cursor.executemany(sql.stamp_add_here if op == "add" else sql.stamp_mod_here,
-                                             [(r,) for r in refs])
+                self._cursor.executemany(raw.log_change_here(), log_rows)
+                self._cursor.execute(raw.notify_here(), notify)
+                for sql, params in stamps:
+                    self._cursor.executemany(sql, params)
                 dbapi.commit()  # queued in the pipeline (Database.write's commit is then a no-op)
             return bump.fetchone()[0]
         finally:
