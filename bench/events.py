@@ -56,7 +56,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
-from bench.procs import cpu_seconds, wait_for_other_benchmarks
+from bench.procs import cpu_seconds, stop, wait_for_other_benchmarks
 from bench.report import REPO, publish
 
 SECTION = "## Events and tasks (issue 3)"
@@ -764,13 +764,7 @@ def bench_tasks(args) -> tuple[list[dict], list[str]]:
                 f"{r['other_cpu'] * 100:.0f}%, outcomes {r['statuses']}"
                 + (f", idle watchers answered {r['idle_answers']} times" if idle else ""))
         finally:
-            if worker is not None:
-                worker.terminate()
-                try:
-                    worker.wait(20)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
+            stop(worker)
             server.stop()
             if db_url:
                 support.drop_pg_database(db_url)

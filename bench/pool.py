@@ -69,7 +69,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from bench.events import code_version, log, loud, memory, nproc, raise_fd_limit
-from bench.procs import cpu_seconds, wait_for_other_benchmarks
+from bench.procs import cpu_seconds, stop, wait_for_other_benchmarks
 from bench.report import REPO, publish
 
 SECTION = "## Pool of 64 hosts (issue 7)"
@@ -346,11 +346,7 @@ def baseline(db_url: str, redis_url: str, args) -> dict:
         return {"records": records, "starts": starts, "rss_idle": idle_rss,
                 "rss_after_starts": rss_after}
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
         server.stop()
 
 
@@ -424,17 +420,9 @@ def pool_run(db_url: str, redis_url: str, args) -> dict:
         return out
     finally:
         for p in packs:
-            p.send_signal(signal.SIGTERM)
-        for p in packs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+            p.send_signal(signal.SIGTERM)  # all at once; then each waited for
+        for p in [*packs, worker]:
+            stop(p)
         master.stop()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -49,7 +49,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
-from bench.procs import cpu_seconds
+from bench.procs import cpu_seconds, stop
 from bench.report import REPO, publish
 
 SECTION = "## RPC layer (issue 2)"
@@ -696,11 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_floor(bare_port, b, args)
             a = bench_get_record(server, bare, bare_port, calls, captured, args)
         finally:
-            bare.terminate()
-            try:
-                bare.wait(10)
-            except subprocess.TimeoutExpired:
-                bare.kill()
+            stop(bare, 10)
             shutil.rmtree(spec_dir, ignore_errors=True)
     finally:
         server.stop()

@@ -60,7 +60,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import cpu_seconds, wait_for_other_benchmarks
+from bench.procs import cpu_seconds, stop, wait_for_other_benchmarks
 from bench.report import REPO, publish
 
 from bench.events import (Client, Conn, code_version, connect, http_request,
@@ -503,13 +503,7 @@ def run_mode(label: str, pg: bool, celery: bool, args) -> dict:
         return {"mode": label, "created": created, "start": results["start"],
                 "shutdown": results["shutdown"], "memory": mem, "celery": celery}
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop(worker)
         server.stop()
         if db_url:
             support.drop_pg_database(db_url)

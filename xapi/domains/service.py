@@ -264,19 +264,20 @@ class Domains:
         """The server's: one QueueWatcher per queue, writing xenopsd's state back."""
         from .watcher import QueueWatcher
 
-        for queue in self.queues:
-            watcher = QueueWatcher(self, queue)
-            self.watchers.append(watcher)
-            watcher.start()
+        self._start_per_queue(QueueWatcher)
 
     def start_task_watchers(self) -> None:
         """A worker's: hear of its xenopsd tasks' changes (``TaskWatcher``)."""
         from .watcher import TaskWatcher
 
-        for queue in self.queues:
-            watcher = self._task_watchers[queue] = TaskWatcher(self, queue)
+        self._task_watchers.update(self._start_per_queue(TaskWatcher))
+
+    def _start_per_queue(self, kind) -> dict[str, Any]:
+        started = {queue: kind(self, queue) for queue in self.queues}
+        for watcher in started.values():
             self.watchers.append(watcher)
             watcher.start()
+        return started
 
     def stop(self) -> None:
         for watcher in self.watchers:

@@ -43,21 +43,36 @@ def _leaving(vm: dict, here: str) -> bool:
     return vm["resident_on"] == here and vm["scheduled_to_be_resident_on"] not in (here, NULL_REF)
 
 
-class QueueWatcher:
+class _QueueThread:
+    """A thread reading one xenopsd queue's update stream until stopped."""
+
+    role = ""
+
     def __init__(self, domains, queue: str):
         self.domains = domains
         self.rt = domains.rt
         self.queue = queue
         self.client = domains.clients[queue]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"xenops-watch-{queue}", daemon=True)
-        self.resynced = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"xenops-{self.role}-{queue}",
+                                        daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class QueueWatcher(_QueueThread):
+    role = "watch"
+
+    def __init__(self, domains, queue: str):
+        super().__init__(domains, queue)
+        self.resynced = threading.Event()
 
     # -- the loop --------------------------------------------------------------------
 
@@ -316,7 +331,7 @@ class QueueWatcher:
             log.warning("could not clean up unknown domain %s", uuid, exc_info=True)
 
 
-class TaskWatcher:
+class TaskWatcher(_QueueThread):
     """A worker's ear on a queue: ``UPDATES.get`` for task updates only.
 
     A worker runs xenopsd operations but does not write xenopsd's state back
@@ -326,19 +341,11 @@ class TaskWatcher:
     leaving every other update and every barrier to the server's watcher.
     """
 
+    role = "tasks"
+
     def __init__(self, domains, queue: str):
-        self.domains = domains
-        self.queue = queue
-        self.client = domains.clients[queue]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"xenops-tasks-{queue}", daemon=True)
+        super().__init__(domains, queue)
         self.listening = threading.Event()  # set while the stream is read
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _run(self) -> None:
         last: int | None = None
