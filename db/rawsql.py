@@ -41,17 +41,17 @@ class RawSql:
         p = self.ph
         return f"INSERT INTO xapi_changes (generation, cls, ref, op) VALUES ({p}, {p}, {p}, {p})"
 
-    # The same, taking the generation this transaction just bumped (for a pipeline,
-    # where the bump's result is not back yet).
-    def log_change_here(self) -> str:
-        p = self.ph
-        return (f"INSERT INTO xapi_changes (generation, cls, ref, op) "
-                f"SELECT generation, {p}, {p}, {p} FROM xapi_generation WHERE id = 1")
+    # PostgreSQL's commit pipeline (db/store.py): one statement bumps the generation and
+    # queues the NOTIFY (channel, payload = the new generation + the second parameter),
+    # one logs every change of the transaction from three parallel arrays.
+    def bump_and_notify(self) -> str:
+        return ("UPDATE xapi_generation SET generation = generation + 1 WHERE id = 1 "
+                "RETURNING generation, pg_notify(%s, generation::text || %s)")
 
-    def notify_here(self) -> str:
-        """NOTIFY channel, payload = the new generation followed by the second parameter."""
-        return (f"SELECT pg_notify({self.ph}, generation::text || {self.ph}) "
-                f"FROM xapi_generation WHERE id = 1")
+    def log_changes_here(self) -> str:
+        return ("INSERT INTO xapi_changes (generation, cls, ref, op) "
+                "SELECT g.generation, c.cls, c.ref, c.op FROM xapi_generation g, "
+                "unnest(%s::text[], %s::text[], %s::text[]) AS c(cls, ref, op) WHERE g.id = 1")
 
 
 class TableSql:
@@ -75,11 +75,19 @@ class TableSql:
         self.stamp_mod = f"UPDATE {name} SET {q('_modified')} = {p} WHERE {ref} = {p}"
         self.stamp_add = (f"UPDATE {name} SET {q('_created')} = {p}, {q('_modified')} = {p} "
                           f"WHERE {ref} = {p}")
-        here = "(SELECT generation FROM xapi_generation WHERE id = 1)"
-        self.stamp_mod_here = f"UPDATE {name} SET {q('_modified')} = {here} WHERE {ref} = {p}"
-        self.stamp_add_here = (f"UPDATE {name} SET {q('_created')} = {here}, {q('_modified')} = {here} "
-                               f"WHERE {ref} = {p}")
+        # PostgreSQL, in the commit pipeline: stamped with the generation the
+        # transaction has just bumped, whose value is not back yet.
+        here = self._here = "(SELECT generation FROM xapi_generation WHERE id = 1)"
+        data = [c for c in self.columns if c not in ("_created", "_modified")]
+        self.data_columns = data
+        self.insert_here = (f"INSERT INTO {name} ({', '.join(q(c) for c in data)}, "
+                            f"{q('_created')}, {q('_modified')}) "
+                            f"VALUES ({', '.join([p] * len(data))}, {here}, {here})")
+        self.stamp_mod_any = f"UPDATE {name} SET {q('_modified')} = {here} WHERE {ref} = ANY({p})"
+        self.stamp_add_any = (f"UPDATE {name} SET {q('_created')} = {here}, {q('_modified')} = {here} "
+                              f"WHERE {ref} = ANY({p})")
         self._updates: dict[tuple[str, ...], str] = {}
+        self._updates_here: dict[tuple[str, ...], str] = {}
         self._wheres: dict[tuple[str, ...], str] = {}
 
     def bind(self, column: str, value: Any) -> Any:
@@ -96,6 +104,20 @@ class TableSql:
             sets = ", ".join(f"{self._q(c)} = {self._p}" for c in columns)
             sql = self._updates[columns] = f"UPDATE {self.name} SET {sets} WHERE {self._q('_ref')} = {self._p}"
         return sql
+
+    def update_here(self, columns: tuple[str, ...]) -> str:
+        """``update`` that also stamps ``_modified`` (PostgreSQL's commit pipeline)."""
+        sql = self._updates_here.get(columns)
+        if sql is None:
+            sets = "".join(f"{self._q(c)} = {self._p}, " for c in columns)
+            sql = self._updates_here[columns] = (
+                f"UPDATE {self.name} SET {sets}{self._q('_modified')} = {self._here} "
+                f"WHERE {self._q('_ref')} = {self._p}")
+        return sql
+
+    def data_row(self, values: dict[str, Any]) -> tuple:
+        """The ``insert_here`` parameters of a full row."""
+        return tuple(self.bind(c, values[c]) for c in self.data_columns)
 
     def refs_where(self, columns: Iterable[str]) -> str:
         key = tuple(columns)

@@ -353,7 +353,18 @@ class Database:
 
 
 class Transaction:
-    """A unit of work.  Reads see this transaction's own writes."""
+    """A unit of work.  Reads see this transaction's own writes.
+
+    On PostgreSQL, writes that need no answer wait for the commit pipeline
+    (``_log_pipelined``), where each goes out once, stamped with the new
+    generation in the same statement: the INSERT of an object created here,
+    the UPDATE of a row this transaction holds locked (read ``for_update``
+    or already updated: it exists and nobody else can change it; an update
+    of any other row runs at once, for its HANDLE_INVALID), the private
+    tables' statements.  Several updates of one row become one statement.
+    A query that could see a class's deferred writes (``refs_where``) sends
+    that class's first.
+    """
 
     def __init__(self, db: Database, conn: Connection):
         self.db = db
@@ -364,6 +375,14 @@ class Transaction:
         # the whole row of objects it created, the changed fields of others.
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
         self._changed: dict[tuple[str, str], dict[str, Any]] = {}
+        # Deferred writes (PostgreSQL).  _locked: rows this transaction holds
+        # locked, with _base their fields as it read them (before its changes).
+        self._defer = db.dialect == "postgresql"
+        self._locked: set[tuple[str, str]] = set()
+        self._base: dict[tuple[str, str], dict[str, Any]] = {}
+        self._unsent: set[tuple[str, str]] = set()  # created here, INSERT not sent
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}  # columns to UPDATE
+        self._after: list[tuple[str, tuple]] = []  # private tables' statements
 
     def close(self) -> None:
         try:
@@ -393,18 +412,25 @@ class Transaction:
             return None
         if op == "add":
             return _copy(self._rows[key])
-        sql = self._sql(cls)
-        found = self._run(sql.modified_for_update if for_update else sql.modified, (ref,)).fetchone()
-        if found is None:
-            return None
-        row = self.db.cache.get(cls, ref)
-        if row is not None and row.modified == found[0]:
-            values = {**row.values, **self._changed.get(key, {})}
-        else:  # the cache has not seen this version (another process wrote it)
-            values = self._select(cls, ref)
-        return _copy(values)
+        base = self._base.get(key) if key in self._locked else None
+        if base is None:
+            sql = self._sql(cls)
+            found = self._run(sql.modified_for_update if for_update else sql.modified,
+                              (ref,)).fetchone()
+            if found is None:
+                return None
+            row = self.db.cache.get(cls, ref)
+            if row is not None and row.modified == found[0]:
+                base = row.values
+            else:  # the cache has not seen this version (another process wrote it)
+                base = self._select(cls, ref)
+            if for_update and self._defer:
+                self._locked.add(key)
+                self._base[key] = base
+        return _copy({**base, **self._changed.get(key, {})})
 
     def _select(self, cls: str, ref: str) -> dict[str, Any]:
+        """The stored row (without this transaction's deferred changes)."""
         table = self.db.tables[cls]
         row = self.conn.execute(select(table).where(table.c._ref == ref)).mappings().one()
         return self.db._values_from_row(cls, row)
@@ -421,6 +447,8 @@ class Transaction:
             return True
         if op is None or op == "del":
             return False
+        if (cls, ref) in self._locked:
+            return True
         return self._run(self._sql(cls).modified, (ref,)).fetchone() is not None
 
     def ref_of(self, cls: str, uuid: str) -> str | None:
@@ -428,6 +456,7 @@ class Transaction:
         return refs[0] if refs else None
 
     def refs_where(self, cls: str, **equal: Any) -> list[str]:
+        self._send(cls)
         sql = self._sql(cls)
         spec = self.db.classes[cls]
         params = tuple(sql.bind(name, normalize(spec.fields[name].type, value))
@@ -442,9 +471,13 @@ class Transaction:
         row: dict[str, Any] = {}
         for f in spec.stored_fields:
             row[f.name] = normalize(f.type, values[f.name] if f.name in values else self._initial(f))
-        sql = self._sql(cls)
-        self._run(sql.insert, sql.row({"_ref": ref, "_created": 0, "_modified": 0, **row}))
         key = (cls, ref)
+        if self._defer:
+            self._unsent.add(key)
+            self._locked.add(key)
+        else:
+            sql = self._sql(cls)
+            self._run(sql.insert, sql.row({"_ref": ref, "_created": 0, "_modified": 0, **row}))
         self._rows[key] = row
         self._changed.pop(key, None)
         self._mark(cls, ref, "add")
@@ -457,12 +490,19 @@ class Transaction:
         relational = self._relation_fields(cls) & changes.keys()
         old = self.must_get(cls, ref) if relational else None
         cols = {name: normalize(spec.fields[name].type, v) for name, v in changes.items()}
-        sql = self._sql(cls)
-        names = tuple(cols)
-        params = tuple(sql.bind(name, cols[name]) for name in names) + (ref,)
-        if self._run(sql.update(names), params).rowcount == 0:
-            raise ApiError("HANDLE_INVALID", cls, ref)
         key = (cls, ref)
+        if key in self._unsent:
+            pass  # the INSERT, not sent yet, carries them (self._rows below)
+        elif key in self._locked:
+            self._pending.setdefault(key, {}).update(cols)
+        else:
+            sql = self._sql(cls)
+            names = tuple(cols)
+            params = tuple(sql.bind(name, cols[name]) for name in names) + (ref,)
+            if self._run(sql.update(names), params).rowcount == 0:
+                raise ApiError("HANDLE_INVALID", cls, ref)
+            if self._defer:
+                self._locked.add(key)  # the UPDATE took the row's lock
         if key in self._rows:
             self._rows[key].update(cols)
         else:
@@ -473,7 +513,12 @@ class Transaction:
 
     def delete(self, cls: str, ref: str) -> None:
         old = self.must_get(cls, ref)
-        self._run(self._sql(cls).delete, (ref,))
+        key = (cls, ref)
+        self._pending.pop(key, None)
+        if key in self._unsent:
+            self._unsent.discard(key)  # never sent: nothing to delete
+        else:
+            self._run(self._sql(cls).delete, (ref,))
         self._rows.pop((cls, ref), None)
         self._changed.pop((cls, ref), None)
         self._mark(cls, ref, "del")
@@ -483,23 +528,37 @@ class Transaction:
 
     def set_task_owner(self, task: str, session: str, owner: str) -> None:
         p = self.db.raw_sql.ph
-        self._run(f"INSERT INTO xapi_task_owner (task, session, owner) VALUES ({p}, {p}, {p})",
-                  (task, session, owner))
+        self._private(f"INSERT INTO xapi_task_owner (task, session, owner) VALUES ({p}, {p}, {p})",
+                      (task, session, owner))
 
     def update_task_owner(self, task: str, owner: str) -> None:
+        self._send_private()
         table = metadata.tables["xapi_task_owner"]
         self.conn.execute(update(table).where(table.c.task == task).values(owner=owner))
 
     def task_owners(self) -> dict[str, tuple[str, str]]:
         """task ref → (session, owner process) for every recorded task."""
+        self._send_private()
         table = metadata.tables["xapi_task_owner"]
         return {r.task: (r.session, r.owner) for r in self.conn.execute(select(table))}
 
     def forget_task_owners(self, tasks: list[str]) -> None:
         if tasks:
             p = self.db.raw_sql.ph
-            self._run(f"DELETE FROM xapi_task_owner WHERE task IN ({', '.join([p] * len(tasks))})",
-                      tuple(tasks))
+            self._private(f"DELETE FROM xapi_task_owner WHERE task IN ({', '.join([p] * len(tasks))})",
+                          tuple(tasks))
+
+    def _private(self, sql: str, params: tuple) -> None:
+        """A statement on a private table: at commit on PostgreSQL, else now."""
+        if self._defer:
+            self._after.append((sql, params))
+        else:
+            self._run(sql, params)
+
+    def _send_private(self) -> None:
+        after, self._after = self._after, []
+        for sql, params in after:
+            self._run(sql, params)
 
     def touch(self, cls: str, ref: str) -> None:
         """Record a modification without changing a field (event.inject, derived sets)."""
@@ -507,6 +566,20 @@ class Transaction:
             self._mark(cls, ref, "mod")
 
     # -- internals ---------------------------------------------------------------
+
+    def _send(self, cls: str | None = None) -> None:
+        """Send the deferred writes of ``cls`` (every class: None) now, unstamped;
+        the commit stamps them."""
+        for key in [k for k in self._unsent if cls is None or k[0] == cls]:
+            sql = self._sql(key[0])
+            self._run(sql.insert, sql.row({"_ref": key[1], "_created": 0, "_modified": 0,
+                                           **self._rows[key]}))
+            self._unsent.discard(key)
+        for key in [k for k in self._pending if cls is None or k[0] == cls]:
+            cols = self._pending.pop(key)
+            sql = self._sql(key[0])
+            names = tuple(cols)
+            self._run(sql.update(names), tuple(sql.bind(n, cols[n]) for n in names) + (key[1],))
 
     def _initial(self, f) -> Any:
         if f.type.kind == "enum" and not f.has_default:
@@ -542,6 +615,7 @@ class Transaction:
         cannot be known without reading back (the writer catches up instead)."""
         ops = {k: v for k, v in self._ops.items() if v is not None}
         if not ops:
+            self._send_private()
             return [], self.db.cache.generation
         if self.conn.dialect.name == "postgresql":
             generation = self._log_pipelined(ops)
@@ -592,7 +666,7 @@ class Transaction:
         dbapi = self.conn.connection.dbapi_connection
         # Everything is prepared first: the pipeline sends each statement at once, so
         # Python run between them would run under the generation lock.
-        log_rows = [(c, r, op) for (c, r), op in ops.items()]
+        log = tuple(list(column) for column in zip(*((c, r, op) for (c, r), op in ops.items())))
         # Delivered at commit to every process LISTENing (db/listen.py), with the
         # changes themselves when they fit (db/announce.py).
         try:
@@ -600,20 +674,47 @@ class Transaction:
         except (TypeError, ValueError):  # listeners read it back from the log instead
             body = None
         notify = (NOTIFY_CHANNEL, "" if body is None else " " + body)
-        stamps = [(self._sql(cls).stamp_add_here if op == "add" else self._sql(cls).stamp_mod_here,
-                   [(r,) for r in refs]) for (cls, op), refs in _stamps(ops).items()]
+        writes = self._stamped_writes(ops)
         bump = dbapi.cursor()
         try:
             with dbapi.pipeline():
-                bump.execute(raw.bump_generation())
-                self._cursor.executemany(raw.log_change_here(), log_rows)
-                self._cursor.execute(raw.notify_here(), notify)
-                for sql, params in stamps:
+                bump.execute(raw.bump_and_notify(), notify)
+                self._cursor.execute(raw.log_changes_here(), log)
+                for sql, params in writes:
                     self._cursor.executemany(sql, params)
                 dbapi.commit()  # queued in the pipeline (Database.write's commit is then a no-op)
             return bump.fetchone()[0]
         finally:
             bump.close()
+
+    def _stamped_writes(self, ops: dict) -> list[tuple[str, list[tuple]]]:
+        """The commit pipeline's writes: (statement, parameter rows), each of them
+        stamping its rows with the new generation.  Only rows this transaction
+        created or holds locked are written here (see the class's docstring), so
+        no statement waits for another transaction's lock while the generation's
+        is held."""
+        out: list[tuple[str, list[tuple]]] = []
+        grouped: dict[tuple[str, Any], list[tuple]] = {}
+        for key in self._unsent:
+            grouped.setdefault((key[0], None), []).append(
+                self._sql(key[0]).data_row({"_ref": key[1], **self._rows[key]}))
+        for key, cols in self._pending.items():
+            names = tuple(cols)
+            sql = self._sql(key[0])
+            grouped.setdefault((key[0], names), []).append(
+                tuple(sql.bind(n, cols[n]) for n in names) + (key[1],))
+        for (cls, names), params in grouped.items():
+            sql = self._sql(cls)
+            out.append((sql.insert_here if names is None else sql.update_here(names), params))
+        # Rows created here and sent early still need _created: their stamp stays.
+        written = self._unsent | {k for k in self._pending if ops.get(k) == "mod"}
+        for (cls, op), refs in _stamps(ops).items():
+            refs = [r for r in refs if (cls, r) not in written]
+            if refs:
+                sql = self._sql(cls)
+                out.append((sql.stamp_add_any if op == "add" else sql.stamp_mod_any, [(refs,)]))
+        out.extend((sql, [params]) for sql, params in self._after)
+        return out
 
     def _change(self, cls: str, ref: str, op: str, generation: int) -> Change:
         if op == "del":

@@ -11,7 +11,10 @@ XenAPI values crosses the broker.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from xapi import config as config_mod
 
@@ -33,6 +36,17 @@ def make_app(redis_url: str) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(logger=None, loglevel=logging.INFO, **_) -> None:
+    """Celery logs two INFO lines per task (received, succeeded): at hundreds of
+    Async calls a second they are most of the log and a measurable share of the
+    worker's CPU, and the task records say as much.  DEBUG keeps them."""
+    if loglevel is None or (isinstance(loglevel, int) and loglevel > logging.DEBUG) \
+            or (isinstance(loglevel, str) and loglevel.upper() != "DEBUG"):
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # `celery -A workers.celery_app worker` finds this; the URL comes from the configuration.

@@ -119,7 +119,7 @@ def set_progress(rt: Runtime, ref: str, progress: float) -> None:
 
 def _finish(rt: Runtime, ref: str, values: dict) -> None:
     with rt.db.write() as tx:
-        task = tx.get("task", ref)
+        task = tx.get("task", ref, for_update=True)  # a cancel or destroy may race with us
         if task is None or task["status"] in FINISHED:
             return
         if "destroy" in task["current_operations"].values():
