@@ -107,36 +107,48 @@ class Dispatcher:
         return await self.run(ctx, route, typed)
 
     async def _start_async(self, ctx: Context, route: Route, args: list[Any], method: str,
-                           host: str | None = None) -> str:
-        """Create the task, answer with its ref at once, run the call in the background.
+                           host: str | None = None, task: str | None = None) -> str:
+        """Create the task (unless ``task``: made already by ``create_task_in``), answer
+        with its ref at once, run the call in the background.
 
         Without ``redis_url`` the call runs in this process; with it, the call
         goes to the Celery queue of ``host`` (default: this host) and a worker runs it.
         """
         loop = asyncio.get_running_loop()
         rt = self.rt
-        parent = ctx.headers.get("subtask-of", NULL_REF)
         queue = self._celery_queue(host)
-        owner = f"{self._host_uuid(host)}/queue" if queue else rt.process_id
-        task = await loop.run_in_executor(
-            rt.executor,
-            lambda: tasks.create(rt, method, session=ctx.session or NULL_REF, owner=owner,
-                                 subtask_of=parent, resident_on=host),
-        )
+        if task is None:
+            task = await loop.run_in_executor(
+                rt.executor, lambda: tasks.create(rt, method, **self._task_fields(ctx, host)))
         if queue:
             args_xml = xmlrpc.encode(list(args))
-            await loop.run_in_executor(
-                rt.executor,
-                lambda: self._celery().send_task(
-                    TASK_NAME, args=[task, route.message.wire_name, args_xml, ctx.session],
-                    queue=queue),
-            )
+
+            def send() -> None:
+                try:
+                    self._celery().send_task(
+                        TASK_NAME, args=[task, route.message.wire_name, args_xml, ctx.session],
+                        queue=queue)
+                except Exception as exc:  # the broker is unreachable: no worker will run it
+                    tasks.fail(rt, task, ApiError("INTERNAL_ERROR", f"could not queue the call: {exc}"))
+                    raise
+
+            await loop.run_in_executor(rt.executor, send)
             return task
         tasks.register_running(rt, task)
         job = asyncio.create_task(self._run_task(self._task_context(ctx, task), route, args, task))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return task
+
+    def create_task_in(self, tx, ctx: Context, method: str, host: str | None = None) -> str:
+        """The task ``_start_async`` makes, made in the caller's transaction."""
+        return tasks.create_in(tx, self.rt, method, **self._task_fields(ctx, host))
+
+    def _task_fields(self, ctx: Context, host: str | None) -> dict[str, Any]:
+        queued = self._celery_queue(host) is not None
+        return {"session": ctx.session or NULL_REF,
+                "owner": f"{self._host_uuid(host)}/queue" if queued else self.rt.process_id,
+                "subtask_of": ctx.headers.get("subtask-of", NULL_REF), "resident_on": host}
 
     def _task_context(self, ctx: Context, task: str) -> Context:
         # The result is stored as XML-RPC text whatever the caller speaks.
@@ -188,9 +200,22 @@ class Dispatcher:
     async def _run_task(self, ctx: Context, route: Route, args: list[Any], task: str) -> None:
         loop = asyncio.get_running_loop()
         rt = ctx.rt
+        void = xmlrpc.encode("")
+
+        def finish_task(tx) -> None:
+            tasks.finish_in(tx, task, {"status": tasks.SUCCESS, "result": void})
+            ctx.task_finished = True
+
+        ctx.finish_task = finish_task
         try:
             ctx.check_cancelled()
             value = await self.run(ctx, route, args)
+            if ctx.task_finished:  # by the call's last operation (run_operation's last=True)
+                if value not in ("", None):
+                    log.error("%s finished its task with a void result but returned %r",
+                              route.message.wire_name, value)
+                tasks.forget_cancel(rt, task)
+                return
             outcome = (tasks.complete, xmlrpc.encode(value))
         except ApiError as exc:
             outcome = (tasks.fail, exc)

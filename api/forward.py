@@ -47,19 +47,35 @@ async def forward(dispatcher: "Dispatcher", ctx: Context, route: "Route", args: 
     rt = dispatcher.rt
     if not forwarding.may_forward(route.message.wire_name) or ctx.headers.get("task-id"):
         return False, None  # a call that runs anywhere, or one already sent here
-    named = _named(route, args)
-    loop = asyncio.get_running_loop()
-    host = await loop.run_in_executor(rt.executor, forwarding.target, rt,
-                                      route.message.wire_name, named)
-    if host is None or host == rt.host_ref:
-        return False, None
     if is_async and not route.message.async_:
         raise ApiError("Fault", f"No async mode for this operation (rpc: {method})")
+    named = _named(route, args)
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+
+    def reserved(tx, host: str) -> None:
+        # A start's task is made in the transaction reserving its host: one commit
+        # less.  A synchronous call that stays here runs under a task of its own.
+        if host != rt.host_ref or is_async:
+            made.append(dispatcher.create_task_in(tx, ctx, method, host))
+
     try:
-        task = await dispatcher._start_async(ctx, route, args, method, host=host)
+        host = await loop.run_in_executor(rt.executor, forwarding.target, rt,
+                                          route.message.wire_name, named, reserved)
+    except ApiError as exc:
+        for task in made:  # reserved, then refused (the host went offline meanwhile)
+            await loop.run_in_executor(rt.executor, tasks.fail, rt, task, exc)
+        raise
+    task = made[0] if made else None
+    if host is None or host == rt.host_ref:
+        if task is None:
+            return False, None
+        host = None  # this host's queue, as dispatch would have chosen
+    try:
+        task = await dispatcher._start_async(ctx, route, args, method, host=host, task=task)
     except Exception:
         await loop.run_in_executor(rt.executor, forwarding.release, rt,
-                                   route.message.wire_name, named, host)
+                                   route.message.wire_name, named, host or rt.host_ref)
         raise
     if is_async:
         return True, task

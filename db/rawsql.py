@@ -20,6 +20,14 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 
 
+# The generation a PostgreSQL commit has just bumped, as its pipelined statements
+# read it (the bump's result is not back yet) ...
+HERE = "(SELECT generation FROM xapi_generation WHERE id = 1)"
+# ... and as the sub-statements of the one-statement commit read it (they share
+# the statement's snapshot, so they see the bump only through its RETURNING).
+HERE_IN_COMMIT = "(SELECT generation FROM g)"
+
+
 class RawSql:
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
@@ -27,6 +35,7 @@ class RawSql:
         self.for_update = " FOR UPDATE" if dialect.name == "postgresql" else ""
         self.quote = dialect.identifier_preparer.quote
         self._tables: dict[str, TableSql] = {}
+        self._commits: dict[tuple, str] = {}
 
     def table(self, table: Table) -> "TableSql":
         found = self._tables.get(table.name)
@@ -53,6 +62,29 @@ class RawSql:
                 "SELECT g.generation, c.cls, c.ref, c.op FROM xapi_generation g, "
                 "unnest(%s::text[], %s::text[], %s::text[]) AS c(cls, ref, op) WHERE g.id = 1")
 
+    def commit_statement(self, shape: tuple[tuple[str, int], ...]) -> str:
+        """A whole commit as one statement: the bump, the change log, each of
+        ``shape``'s writes (statement, times) and the NOTIFY, as data-modifying
+        CTEs around the bump's RETURNING.  Parameters: the log's three arrays,
+        the writes' in order, then the NOTIFY's two."""
+        sql = self._commits.get(shape)
+        if sql is None:
+            parts = ["g AS (UPDATE xapi_generation SET generation = generation + 1 WHERE id = 1 "
+                     "RETURNING generation)",
+                     "l AS (INSERT INTO xapi_changes (generation, cls, ref, op) "
+                     "SELECT g.generation, c.cls, c.ref, c.op FROM g, "
+                     "unnest(%s::text[], %s::text[], %s::text[]) AS c(cls, ref, op))"]
+            for statement, times in shape:
+                statement = statement.replace(HERE, HERE_IN_COMMIT)
+                for _ in range(times):
+                    parts.append(f"w{len(parts)} AS ({statement})")
+            sql = ("WITH " + ", ".join(parts)
+                   + " SELECT generation, pg_notify(%s, generation::text || %s) FROM g")
+            if len(self._commits) > 1000:  # shapes are few; never let them pile up
+                self._commits.clear()
+            self._commits[shape] = sql
+        return sql
+
 
 class TableSql:
     """The SQL of one table, and its columns' bind processors."""
@@ -77,7 +109,7 @@ class TableSql:
                           f"WHERE {ref} = {p}")
         # PostgreSQL, in the commit pipeline: stamped with the generation the
         # transaction has just bumped, whose value is not back yet.
-        here = self._here = "(SELECT generation FROM xapi_generation WHERE id = 1)"
+        here = self._here = HERE
         data = [c for c in self.columns if c not in ("_created", "_modified")]
         self.data_columns = data
         self.insert_here = (f"INSERT INTO {name} ({', '.join(q(c) for c in data)}, "

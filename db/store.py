@@ -64,6 +64,9 @@ _IDLE_PING = 1.0
 
 NOTIFY_CHANNEL = "xapi_changes"
 
+# Up to this many parameters a PostgreSQL commit is one statement (_log_pipelined).
+_ONE_STATEMENT_PARAMS = 400
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -501,7 +504,7 @@ class Transaction:
             params = tuple(sql.bind(name, cols[name]) for name in names) + (ref,)
             if self._run(sql.update(names), params).rowcount == 0:
                 raise ApiError("HANDLE_INVALID", cls, ref)
-            if self._defer:
+            if self._defer and key not in self._rows:
                 self._locked.add(key)  # the UPDATE took the row's lock
         if key in self._rows:
             self._rows[key].update(cols)
@@ -575,6 +578,7 @@ class Transaction:
             self._run(sql.insert, sql.row({"_ref": key[1], "_created": 0, "_modified": 0,
                                            **self._rows[key]}))
             self._unsent.discard(key)
+            self._locked.discard(key)  # its later updates go at once: its stamp is _created's
         for key in [k for k in self._pending if cls is None or k[0] == cls]:
             cols = self._pending.pop(key)
             sql = self._sql(key[0])
@@ -675,13 +679,24 @@ class Transaction:
             body = None
         notify = (NOTIFY_CHANNEL, "" if body is None else " " + body)
         writes = self._stamped_writes(ops)
+        # A usual transaction commits as one statement (its writes as CTEs of the
+        # bump, db/rawsql.py commit_statement): each statement of a pipeline costs
+        # Python and system calls on this side and a round of execution on the
+        # server's.  A large one (a pool join, first boot) goes statement by statement.
+        one = None
+        if sum(len(rows) * len(rows[0]) for _, rows in writes) <= _ONE_STATEMENT_PARAMS:
+            one = (raw.commit_statement(tuple((sql, len(rows)) for sql, rows in writes)),
+                   log + tuple(p for _, rows in writes for row in rows for p in row) + notify)
         bump = dbapi.cursor()
         try:
             with dbapi.pipeline():
-                bump.execute(raw.bump_and_notify(), notify)
-                self._cursor.execute(raw.log_changes_here(), log)
-                for sql, params in writes:
-                    self._cursor.executemany(sql, params)
+                if one is not None:
+                    bump.execute(*one)
+                else:
+                    bump.execute(raw.bump_and_notify(), notify)
+                    self._cursor.execute(raw.log_changes_here(), log)
+                    for sql, params in writes:
+                        self._cursor.executemany(sql, params)
                 dbapi.commit()  # queued in the pipeline (Database.write's commit is then a no-op)
             return bump.fetchone()[0]
         finally:
@@ -706,8 +721,7 @@ class Transaction:
         for (cls, names), params in grouped.items():
             sql = self._sql(cls)
             out.append((sql.insert_here if names is None else sql.update_here(names), params))
-        # Rows created here and sent early still need _created: their stamp stays.
-        written = self._unsent | {k for k in self._pending if ops.get(k) == "mod"}
+        written = self._unsent | self._pending.keys()
         for (cls, op), refs in _stamps(ops).items():
             refs = [r for r in refs if (cls, r) not in written]
             if refs:

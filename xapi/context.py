@@ -56,6 +56,12 @@ class Context:
     # and any value, returned as an already encoded fragment.
     encode_record: Callable[[str, Any], Any] | None = None
     encode_value: Callable[[Any], Any] | None = None
+    # Set by the dispatcher for a call running under its task: writes the task's
+    # success (a void result) into a transaction, so that the call's last
+    # operation can finish the task in its own last commit (operations.run_operation
+    # with last=True); task_finished then tells the dispatcher it is done.
+    finish_task: Callable[[Any], None] | None = None
+    task_finished: bool = False
 
     def check_cancelled(self) -> None:
         """Long operations call this between steps: raises TASK_CANCELLED when asked to stop."""

@@ -35,11 +35,13 @@ def _object_lock(cls: str, ref: str) -> threading.Lock:
 
 def run_operation(ctx: Context, cls: str, ref: str, op: str, fn: Callable[[], Any], *,
                   claim: Callable[[Any], None] | None = None,
-                  settle: Callable[[Any], None] | None = None) -> Any:
+                  settle: Callable[[Any], None] | None = None, last: bool = False) -> Any:
     """``claim(tx)`` adds the operation's own first writes to the marking
     transaction (a failed claim leaves nothing marked); ``settle(tx)`` its last
-    writes to the unmarking one, once ``fn`` succeeded.  Fewer commits, and
-    each step is seen whole."""
+    writes to the unmarking one, once ``fn`` succeeded.  ``last``: the caller
+    returns nothing after this operation, so a successful one finishes the
+    call's task in the unmarking commit too (``ctx.finish_task``).  Fewer
+    commits, and each step is seen whole."""
     rt = ctx.rt
     own_task = None
     if ctx.task is None:
@@ -56,7 +58,8 @@ def run_operation(ctx: Context, cls: str, ref: str, op: str, fn: Callable[[], An
             done = True
             return result
         finally:
-            unmark(rt, cls, ref, task, settle if done else None)
+            finish = ctx.finish_task if done and last and own_task is None else None
+            unmark(rt, cls, ref, task, settle if done else None, finish)
     finally:
         if own_task is not None:
             ctx.task = None
@@ -82,10 +85,13 @@ def mark(rt: Runtime, cls: str, ref: str, op: str, task: str,
 
 
 def unmark(rt: Runtime, cls: str, ref: str, task: str,
-           settle: Callable[[Any], None] | None = None) -> None:
+           settle: Callable[[Any], None] | None = None,
+           finish: Callable[[Any], None] | None = None) -> None:
     policy = policy_for(rt.model, cls)
     with rt.db.write() as tx:
         values = tx.get(cls, ref, for_update=True)
+        if finish is not None:
+            finish(tx)
         if values is None:
             return  # the operation destroyed its object
         if settle is not None:

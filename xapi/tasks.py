@@ -26,7 +26,15 @@ PENDING, SUCCESS, FAILURE, CANCELLED = "pending", "success", "failure", "cancell
 FINISHED = (SUCCESS, FAILURE, CANCELLED)
 
 
-def create(
+def create(rt: Runtime, name_label: str, name_description: str = "", **kw) -> str:
+    """A pending task.  ``owner`` names the process that will run it ("" for client tasks);
+    ``resident_on`` the host that works on it (default: this one)."""
+    with rt.db.write() as tx:
+        return create_in(tx, rt, name_label, name_description, **kw)
+
+
+def create_in(
+    tx,
     rt: Runtime,
     name_label: str,
     name_description: str = "",
@@ -37,29 +45,28 @@ def create(
     other_config: dict[str, str] | None = None,
     resident_on: str | None = None,
 ) -> str:
-    """A pending task.  ``owner`` names the process that will run it ("" for client tasks);
-    ``resident_on`` the host that works on it (default: this one)."""
+    """``create`` within the caller's transaction."""
     ref = make_ref()
-    with rt.db.write() as tx:
-        tx.set_task_owner(ref, session, owner)
-        tx.insert("task", ref, {
-            "uuid": make_uuid(),
-            "name_label": name_label,
-            "name_description": name_description,
-            "allowed_operations": [],
-            "current_operations": {},
-            "created": now(),
-            "finished": EPOCH,
-            "status": PENDING,
-            "resident_on": resident_on or rt.host_ref,
-            "progress": 0.0,
-            "type": "<none/>",
-            "result": "",
-            "error_info": [],
-            "other_config": other_config or {},
-            "subtask_of": subtask_of if subtask_of and tx.exists("task", subtask_of) else NULL_REF,
-            "backtrace": "()",
-        })
+    tx.set_task_owner(ref, session, owner)
+    tx.insert("task", ref, {
+        "uuid": make_uuid(),
+        "name_label": name_label,
+        "name_description": name_description,
+        "allowed_operations": [],
+        "current_operations": {},
+        "created": now(),
+        "finished": EPOCH,
+        "status": PENDING,
+        "resident_on": resident_on or rt.host_ref,
+        "progress": 0.0,
+        "type": "<none/>",
+        "result": "",
+        "error_info": [],
+        "other_config": other_config or {},
+        "subtask_of": subtask_of if subtask_of not in ("", NULL_REF)
+        and tx.exists("task", subtask_of) else NULL_REF,
+        "backtrace": "()",
+    })
     return ref
 
 
@@ -119,20 +126,25 @@ def set_progress(rt: Runtime, ref: str, progress: float) -> None:
 
 def _finish(rt: Runtime, ref: str, values: dict) -> None:
     with rt.db.write() as tx:
-        task = tx.get("task", ref, for_update=True)  # a cancel or destroy may race with us
-        if task is None or task["status"] in FINISHED:
-            return
-        if "destroy" in task["current_operations"].values():
-            tx.delete("task", ref)
-            return
-        tx.update("task", ref, {
-            "progress": 1.0,
-            "finished": now(),
-            "allowed_operations": [],
-            "current_operations": {},
-            **values,
-        })
+        finish_in(tx, ref, values)
     forget_cancel(rt, ref)
+
+
+def finish_in(tx, ref: str, values: dict) -> None:
+    """End a pending task within the caller's transaction (a pending destroy deletes it)."""
+    task = tx.get("task", ref, for_update=True)  # a cancel or destroy may race with us
+    if task is None or task["status"] in FINISHED:
+        return
+    if "destroy" in task["current_operations"].values():
+        tx.delete("task", ref)
+        return
+    tx.update("task", ref, {
+        "progress": 1.0,
+        "finished": now(),
+        "allowed_operations": [],
+        "current_operations": {},
+        **values,
+    })
 
 
 def complete(rt: Runtime, ref: str, result_xml: str) -> None:

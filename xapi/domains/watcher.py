@@ -194,7 +194,7 @@ class QueueWatcher(_QueueThread):
 
     def _write_metrics(self, tx, ref: str, vm: dict, state: dict, power: str) -> None:
         metrics = vm["metrics"]
-        current = tx.get("VM_metrics", metrics) if metrics != NULL_REF else None
+        current = tx.get("VM_metrics", metrics, for_update=True) if metrics != NULL_REF else None
         if current is None:
             return
         changes: dict[str, Any] = {}

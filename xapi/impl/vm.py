@@ -14,12 +14,18 @@ def _op(ctx: Context, vm: str, op: str, fn, *args):
     return operations.run_operation(ctx, "VM", vm, op, lambda: fn(ctx, vm, *args))
 
 
+def _void_op(ctx: Context, vm: str, op: str, fn, *args) -> str:
+    """``_op`` for a message that returns nothing: its task ends with the unmarking."""
+    operations.run_operation(ctx, "VM", vm, op, lambda: fn(ctx, vm, *args), last=True)
+    return ""
+
+
 def _start(ctx: Context, vm: str, op: str, paused: bool, force: bool, host: str) -> None:
     # The memory check and claim go with the marking, the final placement with the unmarking.
     operations.run_operation(
         ctx, "VM", vm, op, lambda: lifecycle.start(ctx, vm, paused, force, host),
         claim=lambda tx: lifecycle.claim_start(ctx, tx, vm, host),
-        settle=lambda tx: lifecycle.settle_start(tx, vm, host))
+        settle=lambda tx: lifecycle.settle_start(tx, vm, host), last=True)
 
 
 @implements("VM.start")
@@ -38,58 +44,49 @@ def start_on(ctx: Context, vm: str, host: str, start_paused: bool, force: bool):
 
 @implements("VM.clean_shutdown")
 def clean_shutdown(ctx: Context, vm: str):
-    _op(ctx, vm, "clean_shutdown", lifecycle.clean_shutdown)
-    return ""
+    return _void_op(ctx, vm, "clean_shutdown", lifecycle.clean_shutdown)
 
 
 @implements("VM.hard_shutdown")
 def hard_shutdown(ctx: Context, vm: str):
-    _op(ctx, vm, "hard_shutdown", lifecycle.hard_shutdown)
-    return ""
+    return _void_op(ctx, vm, "hard_shutdown", lifecycle.hard_shutdown)
 
 
 @implements("VM.clean_reboot")
 def clean_reboot(ctx: Context, vm: str):
-    _op(ctx, vm, "clean_reboot", lifecycle.clean_reboot)
-    return ""
+    return _void_op(ctx, vm, "clean_reboot", lifecycle.clean_reboot)
 
 
 @implements("VM.hard_reboot")
 def hard_reboot(ctx: Context, vm: str):
-    _op(ctx, vm, "hard_reboot", lifecycle.hard_reboot)
-    return ""
+    return _void_op(ctx, vm, "hard_reboot", lifecycle.hard_reboot)
 
 
 @implements("VM.suspend")
 def suspend(ctx: Context, vm: str):
-    _op(ctx, vm, "suspend", lifecycle.suspend)
-    return ""
+    return _void_op(ctx, vm, "suspend", lifecycle.suspend)
 
 
 @implements("VM.resume")
 def resume(ctx: Context, vm: str, start_paused: bool, force: bool):
-    _op(ctx, vm, "resume", lifecycle.resume, start_paused, force)
-    return ""
+    return _void_op(ctx, vm, "resume", lifecycle.resume, start_paused, force)
 
 
 @implements("VM.resume_on")
 def resume_on(ctx: Context, vm: str, host: str, start_paused: bool, force: bool):
     if host != ctx.rt.host_ref:
         raise ApiError("NOT_IMPLEMENTED", "VM.resume_on another host")
-    _op(ctx, vm, "resume_on", lifecycle.resume, start_paused, force)
-    return ""
+    return _void_op(ctx, vm, "resume_on", lifecycle.resume, start_paused, force)
 
 
 @implements("VM.pause")
 def pause(ctx: Context, vm: str):
-    _op(ctx, vm, "pause", lifecycle.pause)
-    return ""
+    return _void_op(ctx, vm, "pause", lifecycle.pause)
 
 
 @implements("VM.unpause")
 def unpause(ctx: Context, vm: str):
-    _op(ctx, vm, "unpause", lifecycle.unpause)
-    return ""
+    return _void_op(ctx, vm, "unpause", lifecycle.unpause)
 
 
 @implements("VM.pool_migrate")

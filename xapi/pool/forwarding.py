@@ -56,10 +56,16 @@ def may_forward(wire: str) -> bool:
     return wire in _CANDIDATES
 
 
-def target(rt: Runtime, wire: str, args: dict[str, Any]) -> str | None:
+def target(rt: Runtime, wire: str, args: dict[str, Any],
+           reserved: Callable[[Any, str], None] | None = None) -> str | None:
+    """``reserved(tx, host)`` joins the transaction reserving a start's or a
+    resume's host, when there is one (the caller's task goes with it)."""
     cls, _, name = wire.partition(".")
-    rule = _RULES.get(cls)
-    host = rule(rt, name, args) if rule else None
+    if cls == "VM":
+        host = _vm(rt, name, args, reserved)
+    else:
+        rule = _RULES.get(cls)
+        host = rule(rt, name, args) if rule else None
     if host is None or host == rt.host_ref:
         return None if host is None else host
     if not roles.is_live(rt, host):
@@ -78,14 +84,15 @@ def release(rt: Runtime, wire: str, args: dict[str, Any], host: str) -> None:
 # -- VM ----------------------------------------------------------------------------------
 
 
-def _vm(rt: Runtime, name: str, args: dict[str, Any]) -> str | None:
+def _vm(rt: Runtime, name: str, args: dict[str, Any],
+        reserved: Callable[[Any, str], None] | None = None) -> str | None:
     vm_ref = args.get("vm", args.get("self", args.get("snapshot")))
     row = rt.cache.get("VM", vm_ref) if isinstance(vm_ref, str) else None
     if row is None:
         return None  # the handler answers HANDLE_INVALID
     vm = row.values
     if name in _VM_PLACED:
-        return _placed(rt, vm_ref, vm, name, args.get("host"))
+        return _placed(rt, vm_ref, vm, name, args.get("host"), reserved)
     if vm["power_state"] in RUNNING and name in _VM_RESIDENT:
         if vm["resident_on"] == NULL_REF:
             return None
@@ -101,7 +108,8 @@ def _vm(rt: Runtime, name: str, args: dict[str, Any]) -> str | None:
     return None
 
 
-def _placed(rt: Runtime, vm_ref: str, vm: dict, name: str, host: str | None) -> str | None:
+def _placed(rt: Runtime, vm_ref: str, vm: dict, name: str, host: str | None,
+            reserved: Callable[[Any, str], None] | None = None) -> str | None:
     wanted = "Suspended" if name.startswith("resume") else "Halted"
     if vm["power_state"] != wanted or vm["is_a_template"] or vm["is_control_domain"]:
         return None  # the handler reports the bad power state
@@ -109,7 +117,7 @@ def _placed(rt: Runtime, vm_ref: str, vm: dict, name: str, host: str | None) -> 
         return None  # HANDLE_INVALID from the handler
     if host is not None and host != rt.host_ref and not roles.is_live(rt, host):
         raise ApiError("HOST_OFFLINE", host)
-    return placement.choose_and_reserve(rt, vm_ref, host)
+    return placement.choose_and_reserve(rt, vm_ref, host, also=reserved)
 
 
 def _vm_srs(rt: Runtime, vm_ref: str, vm: dict, name: str, args: dict[str, Any]) -> list[str]:
@@ -215,7 +223,6 @@ def _pbd(rt: Runtime, name: str, args: dict[str, Any]) -> str | None:
 
 
 _RULES: dict[str, Callable[[Runtime, str, dict[str, Any]], str | None]] = {
-    "VM": _vm,
     "VBD": lambda rt, name, args: _device(rt, name, args, "VBD"),
     "VIF": lambda rt, name, args: _device(rt, name, args, "VIF"),
     "SR": _sr,

@@ -15,7 +15,7 @@ concurrent starts see each other's reservations and spread out.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from xapi import claims
 from xapi.context import Runtime
@@ -135,12 +135,14 @@ def possible_hosts(rt: Runtime, vm_ref: str) -> list[str]:
     return out
 
 
-def choose_and_reserve(rt: Runtime, vm_ref: str, host_ref: str | None = None) -> str:
+def choose_and_reserve(rt: Runtime, vm_ref: str, host_ref: str | None = None,
+                       also: Callable[[Any, str], None] | None = None) -> str:
     """Pick a host for the VM (or check the one given) and reserve its memory there.
 
     Without a host: the live, enabled host with the most free memory among
     those that pass every check; NO_HOSTS_AVAILABLE when no host can see
-    the VM's storage and networks.
+    the VM's storage and networks.  ``also(tx, host)`` adds the caller's
+    own writes to the reserving transaction (the call's task).
     """
     with _choose_lock, rt.db.write() as tx:
         tx.get("pool", rt.pool_ref, for_update=True)  # orders choosers in other processes
@@ -152,6 +154,8 @@ def choose_and_reserve(rt: Runtime, vm_ref: str, host_ref: str | None = None) ->
                 raise ApiError("NO_HOSTS_AVAILABLE")
         assert_can_boot_here(rt, vm_ref, host_ref)
         tx.update("VM", vm_ref, {"scheduled_to_be_resident_on": host_ref})
+        if also is not None:
+            also(tx, host_ref)
     return host_ref
 
 
