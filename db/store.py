@@ -383,7 +383,8 @@ class Transaction:
         self._defer = db.dialect == "postgresql"
         self._locked: set[tuple[str, str]] = set()
         self._base: dict[tuple[str, str], dict[str, Any]] = {}
-        self._unsent: set[tuple[str, str]] = set()  # created here, INSERT not sent
+        # Ordered, as the commit's statement text follows them (db/rawsql.py caches it).
+        self._unsent: dict[tuple[str, str], None] = {}  # created here, INSERT not sent
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}  # columns to UPDATE
         self._after: list[tuple[str, tuple]] = []  # private tables' statements
 
@@ -476,7 +477,7 @@ class Transaction:
             row[f.name] = normalize(f.type, values[f.name] if f.name in values else self._initial(f))
         key = (cls, ref)
         if self._defer:
-            self._unsent.add(key)
+            self._unsent[key] = None
             self._locked.add(key)
         else:
             sql = self._sql(cls)
@@ -519,7 +520,7 @@ class Transaction:
         key = (cls, ref)
         self._pending.pop(key, None)
         if key in self._unsent:
-            self._unsent.discard(key)  # never sent: nothing to delete
+            del self._unsent[key]  # never sent: nothing to delete
         else:
             self._run(self._sql(cls).delete, (ref,))
         self._rows.pop((cls, ref), None)
@@ -577,7 +578,7 @@ class Transaction:
             sql = self._sql(key[0])
             self._run(sql.insert, sql.row({"_ref": key[1], "_created": 0, "_modified": 0,
                                            **self._rows[key]}))
-            self._unsent.discard(key)
+            del self._unsent[key]
             self._locked.discard(key)  # its later updates go at once: its stamp is _created's
         for key in [k for k in self._pending if cls is None or k[0] == cls]:
             cols = self._pending.pop(key)
@@ -703,11 +704,11 @@ class Transaction:
             bump.close()
 
     def _stamped_writes(self, ops: dict) -> list[tuple[str, list[tuple]]]:
-        """The commit pipeline's writes: (statement, parameter rows), each of them
-        stamping its rows with the new generation.  Only rows this transaction
-        created or holds locked are written here (see the class's docstring), so
-        no statement waits for another transaction's lock while the generation's
-        is held."""
+        """The commit's writes: (statement, parameter rows), each stamping its rows
+        with the new generation.  The deferred ones touch only rows this
+        transaction created or holds locked (see the class's docstring), so none
+        of them waits for another transaction's lock while the generation's is
+        held; then the stamps of the rows written earlier or only touched."""
         out: list[tuple[str, list[tuple]]] = []
         grouped: dict[tuple[str, Any], list[tuple]] = {}
         for key in self._unsent:
@@ -721,7 +722,7 @@ class Transaction:
         for (cls, names), params in grouped.items():
             sql = self._sql(cls)
             out.append((sql.insert_here if names is None else sql.update_here(names), params))
-        written = self._unsent | self._pending.keys()
+        written = self._unsent.keys() | self._pending.keys()
         for (cls, op), refs in _stamps(ops).items():
             refs = [r for r in refs if (cls, r) not in written]
             if refs:

@@ -177,7 +177,7 @@ def start(ctx: Context, vm_ref: str, paused: bool, force: bool, host_ref: str | 
     except BaseException:
         _abandon_start(ctx, vm_ref, queue, uuid)
         raise
-    domains.refresh(queue, uuid)
+    domains.refresh(queue, uuid, followed=True)
 
 
 def _paths(ctx: Context) -> dict:
@@ -286,7 +286,7 @@ def resume(ctx: Context, vm_ref: str, paused: bool, force: bool) -> None:
     _run(ctx, vm_ref, queue, task)
     if not paused:
         _run(ctx, vm_ref, queue, _call(ctx, vm_ref, queue, client.vm_unpause, uuid))
-    domains.refresh(queue, uuid)
+    domains.refresh(queue, uuid, followed=True)
 
 
 def pool_migrate(ctx: Context, vm_ref: str, host_ref: str, options: dict[str, str]) -> None:

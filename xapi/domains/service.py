@@ -233,9 +233,16 @@ class Domains:
             waiters[vm_ref] = [*waiters.get(vm_ref, ()), event]  # replaced, never mutated
             return event
 
-    def refresh(self, queue: str, vm_uuid: str) -> None:
-        """Have xenopsd re-announce the VM and its devices, then wait for the write-back."""
-        self.clients[queue].updates_refresh_vm(vm_uuid)
+    def refresh(self, queue: str, vm_uuid: str, *, followed: bool = False) -> None:
+        """Have xenopsd re-announce the VM and its devices, then wait for the write-back.
+
+        ``followed``: the VM was this host's all through the operation, so the
+        watcher has had every update it made, and waiting is enough (a barrier
+        carries the VM's updates the watcher has not read yet; a worker's wait
+        compares the database with xenopsd's own answer): xapi's start and
+        resume wait so."""
+        if not followed:
+            self.clients[queue].updates_refresh_vm(vm_uuid)
         self.sync(queue, vm_uuid)
 
     def barrier_reached(self, queue: str, barrier: int) -> bool:

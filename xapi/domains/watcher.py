@@ -158,6 +158,15 @@ class QueueWatcher(_QueueThread):
         power = POWER_STATES.get(state.get("power_state"), "Halted")
         domids = state.get("domids") or []
         halted = power == "Halted"
+        cached = rt.cache.get("VM", ref)
+        if power in ("Halted", "Suspended") and cached is not None \
+                and cached.values["power_state"] != power:
+            # xapi detaches storage on both; before the new state is written, so that
+            # whoever waits for it (in this process or another) finds the disks free.
+            from xapi.context import Context
+            from .lifecycle import release_disks
+
+            release_disks(Context(rt=rt), ref)
         with rt.db.write() as tx:
             vm = tx.get("VM", ref, for_update=True)
             if vm is None:
@@ -180,12 +189,6 @@ class QueueWatcher(_QueueThread):
                 tx.update("VM", ref, {"guest_metrics": guest})
             if vm["power_state"] != power:  # the rules moved with the power state
                 operations.refresh_vm_and_devices_in(tx, rt, ref)
-        if vm["power_state"] != power:
-            if power in ("Halted", "Suspended"):
-                from xapi.context import Context
-                from .lifecycle import release_disks
-
-                release_disks(Context(rt=rt), ref)  # xapi detaches storage on both
         if halted and vm["power_state"] != "Halted":
             try:
                 self.client.vm_remove(vm["uuid"])  # xenopsd forgets a halted VM's metadata
