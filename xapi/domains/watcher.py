@@ -89,12 +89,10 @@ class QueueWatcher(_QueueThread):
                 barriers, updates, next_id = self.client.updates_get(last, 5)
                 seen: set = set()
                 for barrier, ids in barriers:
-                    for dyn in ids:
-                        self._process(dyn, seen)
+                    self._process_all(ids, seen)
                     if not self.domains.barrier_reached(self.queue, barrier):
                         self.client.updates_remove_barrier(barrier)  # nobody waits for it
-                for dyn in updates:
-                    self._process(dyn, seen)
+                self._process_all(updates, seen)
                 last = next_id
             except XenopsUnavailable:
                 if not fresh:
@@ -106,6 +104,33 @@ class QueueWatcher(_QueueThread):
                 log.exception("event watcher of %s failed; restarting from a resync", self.queue)
                 fresh = True
                 self._stop.wait(1.0)
+
+    def _process_all(self, dyns: list, seen: set) -> None:
+        """Each update once, in order, except that VMs' states are written together
+        (``write_vm_states``) up to the next device update or the end."""
+        vms: list[tuple[str, dict]] = []
+        for dyn in dyns:
+            if dyn[0] == "Vm":
+                key = ("Vm", repr(dyn[1]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    found = self.vm_state(dyn[1])
+                except XenopsUnavailable:
+                    raise
+                except Exception:
+                    log.exception("could not apply xenopsd update %r", dyn)
+                    continue
+                if found is not None:
+                    vms.append(found)
+                continue
+            if dyn[0] != "Task" and vms:  # a device's update follows its VM's
+                self.write_vm_states(vms)
+                vms = []
+            self._process(dyn, seen)
+        if vms:
+            self.write_vm_states(vms)
 
     def _process(self, dyn: Any, seen: set) -> None:
         kind, ident = dyn[0], dyn[1]
@@ -141,24 +166,60 @@ class QueueWatcher(_QueueThread):
         return ref, values
 
     def update_vm(self, uuid: str) -> None:
+        found = self.vm_state(uuid)
+        if found is not None:
+            self.write_vm_state(*found)
+
+    def vm_state(self, uuid: str) -> tuple[str, dict] | None:
+        """(ref, xenopsd's state) of a VM of ours whose state is to be written."""
         found = self._local_vm(uuid)
         if found is None:
-            return
+            return None
         ref, values = found
         try:
             _, state = self.client.vm_stat(uuid)
         except XenopsError:
             state = {"power_state": "Halted", "domids": []}
         if state.get("power_state") == "Halted" and _leaving(values, self.rt.host_ref):
-            return  # handed to another host's xenopsd: a migration, not a halt
-        self.write_vm_state(ref, state)
+            return None  # handed to another host's xenopsd: a migration, not a halt
+        return ref, state
 
     def write_vm_state(self, ref: str, state: dict) -> None:
-        rt = self.rt
+        self._before_write(ref, state)
+        with self.rt.db.write() as tx:
+            forget = self._write_in(tx, ref, state)
+        self._forget(forget)
+
+    # Write-backs of one round go together, a few per commit: fewer commits, and
+    # each commit's announcement still carries its changes (db/announce.py).
+    BATCH = 6
+
+    def write_vm_states(self, states: list[tuple[str, dict]]) -> None:
+        """Several VMs' states, ``BATCH`` per transaction; one by one if a batch fails."""
+        for i in range(0, len(states), self.BATCH):
+            batch = states[i:i + self.BATCH]
+            if len(batch) == 1:
+                self.write_vm_state(*batch[0])
+                continue
+            for ref, state in batch:
+                self._before_write(ref, state)
+            try:
+                with self.rt.db.write() as tx:
+                    forgets = [self._write_in(tx, ref, state) for ref, state in batch]
+            except Exception:
+                log.debug("a batch of write-backs failed; writing them one by one", exc_info=True)
+                for ref, state in batch:
+                    try:
+                        self.write_vm_state(ref, state)
+                    except Exception:
+                        log.exception("could not write back the state of VM %s", ref)
+                continue
+            for forget in forgets:
+                self._forget(forget)
+
+    def _before_write(self, ref: str, state: dict) -> None:
         power = POWER_STATES.get(state.get("power_state"), "Halted")
-        domids = state.get("domids") or []
-        halted = power == "Halted"
-        cached = rt.cache.get("VM", ref)
+        cached = self.rt.cache.get("VM", ref)
         if power in ("Halted", "Suspended") and cached is not None \
                 and cached.values["power_state"] != power:
             # xapi detaches storage on both; before the new state is written, so that
@@ -166,34 +227,44 @@ class QueueWatcher(_QueueThread):
             from xapi.context import Context
             from .lifecycle import release_disks
 
-            release_disks(Context(rt=rt), ref)
-        with rt.db.write() as tx:
-            vm = tx.get("VM", ref, for_update=True)
-            if vm is None:
-                return
-            changes: dict[str, Any] = {"power_state": power, "domid": domids[0] if domids else -1}
-            if halted:
-                changes.update(resident_on=NULL_REF, scheduled_to_be_resident_on=NULL_REF,
-                               requires_reboot=False)
-                for cls in ("VBD", "VIF"):
-                    for dev in tx.refs_where(cls, VM=ref, currently_attached=True):
-                        tx.update(cls, dev, {"currently_attached": False})
-            elif vm["resident_on"] == NULL_REF:
-                changes["resident_on"] = rt.host_ref
-            changed = {k: v for k, v in changes.items() if vm.get(k) != v}
-            tx.update("VM", ref, changed)
-            self._write_metrics(tx, ref, vm, state, power)
-            if power == "Running" and vm["guest_metrics"] == NULL_REF:
-                guest = make_ref()
-                tx.insert("VM_guest_metrics", guest, {"uuid": make_uuid(), "last_updated": now()})
-                tx.update("VM", ref, {"guest_metrics": guest})
-            if vm["power_state"] != power:  # the rules moved with the power state
-                operations.refresh_vm_and_devices_in(tx, rt, ref)
-        if halted and vm["power_state"] != "Halted":
+            release_disks(Context(rt=self.rt), ref)
+
+    def _forget(self, vm_uuid: str | None) -> None:
+        if vm_uuid is not None:
             try:
-                self.client.vm_remove(vm["uuid"])  # xenopsd forgets a halted VM's metadata
+                self.client.vm_remove(vm_uuid)  # xenopsd forgets a halted VM's metadata
             except XenopsError:
                 pass
+
+    def _write_in(self, tx, ref: str, state: dict) -> str | None:
+        """One VM's write-back in ``tx``; the uuid of a VM that has just halted (for
+        xenopsd to forget once the commit is done)."""
+        rt = self.rt
+        power = POWER_STATES.get(state.get("power_state"), "Halted")
+        domids = state.get("domids") or []
+        halted = power == "Halted"
+        vm = tx.get("VM", ref, for_update=True)
+        if vm is None:
+            return None
+        changes: dict[str, Any] = {"power_state": power, "domid": domids[0] if domids else -1}
+        if halted:
+            changes.update(resident_on=NULL_REF, scheduled_to_be_resident_on=NULL_REF,
+                           requires_reboot=False)
+            for cls in ("VBD", "VIF"):
+                for dev in tx.refs_where(cls, VM=ref, currently_attached=True):
+                    tx.update(cls, dev, {"currently_attached": False})
+        elif vm["resident_on"] == NULL_REF:
+            changes["resident_on"] = rt.host_ref
+        changed = {k: v for k, v in changes.items() if vm.get(k) != v}
+        tx.update("VM", ref, changed)
+        self._write_metrics(tx, ref, vm, state, power)
+        if power == "Running" and vm["guest_metrics"] == NULL_REF:
+            guest = make_ref()
+            tx.insert("VM_guest_metrics", guest, {"uuid": make_uuid(), "last_updated": now()})
+            tx.update("VM", ref, {"guest_metrics": guest})
+        if vm["power_state"] != power:  # the rules moved with the power state
+            operations.refresh_vm_and_devices_in(tx, rt, ref)
+        return vm["uuid"] if halted and vm["power_state"] != "Halted" else None
 
     def _write_metrics(self, tx, ref: str, vm: dict, state: dict, power: str) -> None:
         metrics = vm["metrics"]
