@@ -676,6 +676,9 @@ def report(runs: list[dict], skipped: list[str], args) -> tuple[str, str, bool]:
             f"{RSS_TARGET_MB:g} MB with {args.vms} VMs running **{yes(rss_ok)}** "
             f"({rss * MiB / 1e6:.0f} MB).")
         md.append("")
+    md += ["These are one run's figures; on a shared 2-CPU machine back-to-back runs of a "
+           "mode differ by up to ±20%, so compare several runs before reading a verdict "
+           "near its target.", ""]
     return console, "\n".join(md), all_ok
 
 
