@@ -27,6 +27,9 @@ from .errors import to_api_error
 
 log = logging.getLogger("xapi.domains")
 
+# Announcements of tasks nobody waited for that Domains remembers (see run_task).
+_ANNOUNCED_KEPT = 4096
+
 
 class Domains:
     def __init__(self, rt: Runtime, queues: list[str], socket_dir: str, encoding: str = "json",
@@ -39,6 +42,9 @@ class Domains:
         self.clients = {q: XenopsClient(socket_dir, q, encoding=encoding) for q in self.queues}
         self._bound: dict[tuple[str, str], str] = {}  # (queue, xenops task) → XenAPI task
         self._finished: dict[tuple[str, str], threading.Event] = {}
+        # Tasks xenopsd announced while nobody waited for them (yet): a waiter that
+        # finds its task here reads it at once, any other waits for the announcement.
+        self._announced: dict[tuple[str, str], None] = {}
         self._barriers: dict[tuple[str, int], threading.Event] = {}
         self._barrier_ids = itertools.count(1)
         self._vm_waiters: dict[str, list[threading.Event]] | None = None  # see _vm_waiter
@@ -84,11 +90,17 @@ class Domains:
         done = threading.Event()
         with self._lock:
             self._finished[key] = done
+            announced = key in self._announced
+            self._announced.pop(key, None)
             if ctx.task:
                 self._bound[key] = ctx.task
         if ctx.task and cancellable:
             tasks.on_cancel(self.rt, ctx.task, lambda: self._cancel(client, task_id))
         try:
+            # A task just queued is rarely done: unless xenopsd announced it already,
+            # the first look waits for its announcement (a TASK.stat less per task).
+            if not announced and self._hearing(queue):
+                done.wait(1.0)
             while True:
                 # Clear, then look, then wait: a task that ended before we looked is
                 # seen at once, and a signal that comes after the look is kept.
@@ -134,9 +146,17 @@ class Domains:
 
     def task_changed(self, queue: str, task_id: str) -> bool:
         """The watcher saw xenopsd announce a task: wake its waiter.  False if nobody waits."""
-        done = self._finished.get((queue, task_id))
-        if done is None:
-            return False
+        key = (queue, task_id)
+        with self._lock:
+            done = self._finished.get(key)
+            if done is None:
+                # Perhaps its waiter has not registered yet; many are other processes'
+                # tasks (a server hears its worker's), so only the latest are kept.
+                self._announced[key] = None
+                if len(self._announced) > _ANNOUNCED_KEPT:
+                    for old in list(self._announced)[:_ANNOUNCED_KEPT // 2]:
+                        del self._announced[old]
+                return False
         done.set()
         return True
 
