@@ -95,3 +95,41 @@ def test_typed_values_round_trip(db, fresh_db_url):
     assert values["VCPUs_CPU"] == {1: 2}
     assert values["start_time"] == stamp
     other.close()
+
+
+def stored(db, cls: str, ref: str, *columns: str) -> tuple:
+    with db.engine.connect() as conn:
+        return tuple(conn.execute(text(f"SELECT {', '.join(columns)} FROM {cls.lower()} "
+                                       "WHERE _ref = :r"), {"r": ref}).one())
+
+
+def test_deferred_writes_are_what_the_transaction_did(db):
+    """PostgreSQL sends most writes with the commit (see Transaction); the stored
+    rows, stamps and log must be those of the writes in order, on both backends."""
+    a, b, gone = make_ref(), make_ref(), make_ref()
+    with db.write() as tx:
+        tx.insert("network", b, {"uuid": make_uuid(), "name_label": "b0"})
+    with db.write() as tx:
+        tx.insert("network", a, {"uuid": make_uuid(), "name_label": "a0"})
+        tx.update("network", a, {"name_label": "a1"})  # rides on the unsent INSERT
+        assert a in tx.refs_where("network", name_label="a1")  # sends it
+        tx.update("network", a, {"MTU": 9000})  # after the INSERT went: at once
+        assert tx.get("network", b, for_update=True)["name_label"] == "b0"
+        tx.update("network", b, {"name_label": "b1"})
+        tx.update("network", b, {"MTU": 1400})  # one UPDATE of b at commit
+        assert tx.get("network", b, for_update=True)["name_label"] == "b1"
+        tx.insert("network", gone, {"uuid": make_uuid()})
+        tx.delete("network", gone)  # never sent
+        with pytest.raises(ApiError):
+            tx.update("network", "OpaqueRef:missing", {"MTU": 1})  # not held: at once
+    assert stored(db, "network", a, "name_label", "\"MTU\"", "_created", "_modified") == \
+        ("a1", 9000, 2, 2)
+    assert stored(db, "network", b, "name_label", "\"MTU\"", "_created", "_modified") == \
+        ("b1", 1400, 1, 2)
+    assert sorted(changes(db)) == [(1, "network", "add"), (2, "network", "add"),
+                                   (2, "network", "mod")]
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM network WHERE _ref = :r"),
+                            {"r": gone}).scalar_one() == 0
+    assert db.cache.get("network", a).values["MTU"] == 9000
+    assert db.cache.get("network", b).values["name_label"] == "b1"
