@@ -97,10 +97,10 @@ def cmd_worker(args) -> int:
     if args.config:
         os.environ["XAPI_CONFIG"] = args.config  # the Celery app reads the same file
     from xapi import firstboot
-    from workers.celery_app import app, queue_for
+    from workers.celery_app import app, queue_for, use_broker
 
     host = firstboot.host_uuid(cfg.state_dir)
-    app.conf.broker_url = cfg.redis_url
+    use_broker(app, cfg.redis_url)
     app.worker_main([
         "worker", "--queues", queue_for(host), "--pool", "threads",
         "--concurrency", str(args.concurrency), "--loglevel", cfg.log_level.upper(),

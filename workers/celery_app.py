@@ -35,7 +35,16 @@ def make_app(redis_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    use_broker(app, redis_url)
     return app
+
+
+def use_broker(app: Celery, redis_url: str) -> None:
+    app.conf.broker_url = redis_url
+    # kombu's Redis transport, keeping its client objects (workers/broker.py);
+    # other schemes (rediss://, sentinel://) keep kombu's own.
+    app.conf.broker_transport = ("workers.broker:Transport" if redis_url.startswith("redis://")
+                                 else None)
 
 
 @after_setup_logger.connect

@@ -64,9 +64,22 @@ def worker_runtime():
         return _runtime, _dispatcher
 
 
+_loops = threading.local()
+
+
+def _run(coro):
+    """Run a coroutine on this Celery thread's own event loop, kept between calls
+    (a new loop per call, as asyncio.run makes, costs more than many calls)."""
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coro)
+
+
 @app.task(name=TASK_NAME)
 def run_call(task: str, method: str, args_xml: str, session: str) -> None:
     rt, dispatcher = worker_runtime()
     if rt.cache.get("task", task) is None:
         rt.db.catch_up()  # committed just before this message was sent; not heard of yet
-    asyncio.run(dispatcher.run_submitted(rt, task, method, args_xml, session))
+    _run(dispatcher.run_submitted(rt, task, method, args_xml, session))
