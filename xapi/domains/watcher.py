@@ -133,15 +133,14 @@ class QueueWatcher(_QueueThread):
             self.write_vm_states(vms)
 
     def _process(self, dyn: Any, seen: set) -> None:
+        """A device's or a task's update (VMs': ``_process_all``)."""
         kind, ident = dyn[0], dyn[1]
         key = (kind, repr(ident))
         if key in seen:
             return
         seen.add(key)
         try:
-            if kind == "Vm":
-                self.update_vm(ident)
-            elif kind == "Vbd":
+            if kind == "Vbd":
                 self.update_vbd(ident[0], ident[1])
             elif kind == "Vif":
                 self.update_vif(ident[0], ident[1])
@@ -164,11 +163,6 @@ class QueueWatcher(_QueueThread):
         if self.domains.queue_of(values) != self.queue:
             return None
         return ref, values
-
-    def update_vm(self, uuid: str) -> None:
-        found = self.vm_state(uuid)
-        if found is not None:
-            self.write_vm_state(*found)
 
     def vm_state(self, uuid: str) -> tuple[str, dict] | None:
         """(ref, xenopsd's state) of a VM of ours whose state is to be written."""
