@@ -50,23 +50,14 @@ class RawSql:
         p = self.ph
         return f"INSERT INTO xapi_changes (generation, cls, ref, op) VALUES ({p}, {p}, {p}, {p})"
 
-    # PostgreSQL's commit pipeline (db/store.py): one statement bumps the generation and
-    # queues the NOTIFY (channel, payload = the new generation + the second parameter),
-    # one logs every change of the transaction from three parallel arrays.
-    def bump_and_notify(self) -> str:
-        return ("UPDATE xapi_generation SET generation = generation + 1 WHERE id = 1 "
-                "RETURNING generation, pg_notify(%s, generation::text || %s)")
-
-    def log_changes_here(self) -> str:
-        return ("INSERT INTO xapi_changes (generation, cls, ref, op) "
-                "SELECT g.generation, c.cls, c.ref, c.op FROM xapi_generation g, "
-                "unnest(%s::text[], %s::text[], %s::text[]) AS c(cls, ref, op) WHERE g.id = 1")
-
     def commit_statement(self, shape: tuple[tuple[str, int], ...]) -> str:
-        """A whole commit as one statement: the bump, the change log, each of
-        ``shape``'s writes (statement, times) and the NOTIFY, as data-modifying
-        CTEs around the bump's RETURNING.  Parameters: the log's three arrays,
-        the writes' in order, then the NOTIFY's two."""
+        """A whole commit as one statement: the bump, the change log (from three
+        parallel arrays), each of ``shape``'s writes (statement, times) and the
+        NOTIFY (channel, payload = the new generation + the second parameter),
+        as data-modifying CTEs around the bump's RETURNING.  Parameters: the
+        log's three arrays, the writes' in order, then the NOTIFY's two.  An
+        empty shape opens a large commit whose writes follow it (they read the
+        bumped generation through ``HERE``)."""
         sql = self._commits.get(shape)
         if sql is None:
             parts = ["g AS (UPDATE xapi_generation SET generation = generation + 1 WHERE id = 1 "

@@ -683,21 +683,18 @@ class Transaction:
         # A usual transaction commits as one statement (its writes as CTEs of the
         # bump, db/rawsql.py commit_statement): each statement of a pipeline costs
         # Python and system calls on this side and a round of execution on the
-        # server's.  A large one (a pool join, first boot) goes statement by statement.
-        one = None
-        if sum(len(rows) * len(rows[0]) for _, rows in writes) <= _ONE_STATEMENT_PARAMS:
-            one = (raw.commit_statement(tuple((sql, len(rows)) for sql, rows in writes)),
-                   log + tuple(p for _, rows in writes for row in rows for p in row) + notify)
+        # server's.  A large one (a pool join, first boot) sends its writes after it.
+        rest: list[tuple[str, list[tuple]]] = []
+        if sum(len(rows) * len(rows[0]) for _, rows in writes) > _ONE_STATEMENT_PARAMS:
+            writes, rest = [], writes
+        commit = raw.commit_statement(tuple((sql, len(rows)) for sql, rows in writes))
+        params = log + tuple(p for _, rows in writes for row in rows for p in row) + notify
         bump = dbapi.cursor()
         try:
             with dbapi.pipeline():
-                if one is not None:
-                    bump.execute(*one)
-                else:
-                    bump.execute(raw.bump_and_notify(), notify)
-                    self._cursor.execute(raw.log_changes_here(), log)
-                    for sql, params in writes:
-                        self._cursor.executemany(sql, params)
+                bump.execute(commit, params)
+                for sql, rows in rest:
+                    self._cursor.executemany(sql, rows)
                 dbapi.commit()  # queued in the pipeline (Database.write's commit is then a no-op)
             return bump.fetchone()[0]
         finally:

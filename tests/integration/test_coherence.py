@@ -32,11 +32,17 @@ def two(fresh_db_url):
     b.close()
 
 
+def _network_from(db) -> str:
+    """A network that ``db``'s process commits (the other one has not heard of it)."""
+    net = make_ref()
+    with db.write() as tx:
+        tx.insert("network", net, {"uuid": make_uuid(), "name_label": "from b"})
+    return net
+
+
 def test_catch_up_applies_other_writers_in_order(two):
     a, b = two
-    net = make_ref()
-    with b.write() as tx:
-        tx.insert("network", net, {"uuid": make_uuid(), "name_label": "from b"})
+    net = _network_from(b)
     with b.write() as tx:
         tx.update("network", net, {"name_label": "renamed by b"})
     assert a.cache.get("network", net) is None
@@ -216,9 +222,7 @@ def test_announced_commits_are_applied_without_reading_back(two):
 
 def test_an_unreadable_announcement_is_read_back(two):
     a, b = two
-    net = make_ref()
-    with b.write() as tx:
-        tx.insert("network", net, {"uuid": make_uuid(), "name_label": "from b"})
+    net = _network_from(b)
     a.hear([f"{b.cache.generation} [[\"network\", \"{net}\", \"add\", {{\"no_such_field\": 1}}]]",
             "not a generation"])
     assert a.cache.get("network", net).values["name_label"] == "from b"

@@ -179,10 +179,7 @@ class QueueWatcher(_QueueThread):
         return ref, state
 
     def write_vm_state(self, ref: str, state: dict) -> None:
-        self._before_write(ref, state)
-        with self.rt.db.write() as tx:
-            forget = self._write_in(tx, ref, state)
-        self._forget(forget)
+        self._write_batch([(ref, state)])
 
     # Write-backs of one round go together, a few per commit: fewer commits, and
     # each commit's announcement still carries its changes (db/announce.py).
@@ -192,24 +189,31 @@ class QueueWatcher(_QueueThread):
         """Several VMs' states, ``BATCH`` per transaction; one by one if a batch fails."""
         for i in range(0, len(states), self.BATCH):
             batch = states[i:i + self.BATCH]
-            if len(batch) == 1:
-                self.write_vm_state(*batch[0])
-                continue
-            for ref, state in batch:
-                self._before_write(ref, state)
             try:
-                with self.rt.db.write() as tx:
-                    forgets = [self._write_in(tx, ref, state) for ref, state in batch]
-            except Exception:
-                log.debug("a batch of write-backs failed; writing them one by one", exc_info=True)
-                for ref, state in batch:
-                    try:
-                        self.write_vm_state(ref, state)
-                    except Exception:
-                        log.exception("could not write back the state of VM %s", ref)
+                self._write_batch(batch)
                 continue
-            for forget in forgets:
-                self._forget(forget)
+            except XenopsUnavailable:
+                raise
+            except Exception:
+                if len(batch) == 1:
+                    log.exception("could not write back the state of VM %s", batch[0][0])
+                    continue
+                log.debug("a batch of write-backs failed; writing them one by one", exc_info=True)
+            for ref, state in batch:
+                try:
+                    self._write_batch([(ref, state)])
+                except XenopsUnavailable:
+                    raise
+                except Exception:
+                    log.exception("could not write back the state of VM %s", ref)
+
+    def _write_batch(self, batch: list[tuple[str, dict]]) -> None:
+        for ref, state in batch:
+            self._before_write(ref, state)
+        with self.rt.db.write() as tx:
+            halted = [self._write_in(tx, ref, state) for ref, state in batch]
+        for vm_uuid in halted:
+            self._forget(vm_uuid)
 
     def _before_write(self, ref: str, state: dict) -> None:
         power = POWER_STATES.get(state.get("power_state"), "Halted")
