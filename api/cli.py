@@ -104,7 +104,7 @@ def cmd_worker(args) -> int:
     app.worker_main([
         "worker", "--queues", queue_for(host), "--pool", "threads",
         "--concurrency", str(args.concurrency), "--loglevel", cfg.log_level.upper(),
-        "--hostname", f"xapi-{host}@%h", "--without-gossip", "--without-mingle",
+        "--hostname", f"xapi-{host}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
     return 0
 

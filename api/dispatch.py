@@ -127,7 +127,7 @@ class Dispatcher:
                 try:
                     self._celery().send_task(
                         TASK_NAME, args=[task, route.message.wire_name, args_xml, ctx.session],
-                        queue=queue)
+                        queue=queue, task_id=task)  # the id names the task in the queue
                 except Exception as exc:  # the broker is unreachable: no worker will run it
                     tasks.fail(rt, task, ApiError("INTERNAL_ERROR", f"could not queue the call: {exc}"))
                     raise

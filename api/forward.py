@@ -135,7 +135,7 @@ def call_on_host(dispatcher: "Dispatcher", ctx: Context, host: str, wire: str,
 
     dispatcher._celery().send_task(TASK_NAME, args=[task, route.message.wire_name,
                                                     xmlrpc.encode(list(args)), ctx.session],
-                                   queue=queue)
+                                   queue=queue, task_id=task)
     watch = waiting.watch(rt)
     waited = 0.0
     while not watch.wait_blocking(task, LIVENESS_CHECK):

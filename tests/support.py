@@ -174,7 +174,7 @@ def _stop_pid_file(pid_file: str, marker: bytes) -> None:
         pass
 
 
-def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:
+def start_worker(server: "LiveServer", concurrency: int = 2, **settings) -> subprocess.Popen:
     """Run ``xapi worker`` for the server's host (same state dir, database and listen address)."""
     env = dict(os.environ)
     env.update({"XAPI_STATE_DIR": server.state_dir, "XAPI_DB_URL": server.db_url or "",
@@ -183,7 +183,7 @@ def start_worker(server: "LiveServer", **settings) -> subprocess.Popen:
     for key, value in settings.items():
         env[f"XAPI_{key.upper()}"] = str(value)
     log = open(os.path.join(server.state_dir, "worker.log"), "ab")
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--concurrency", "2"],
+    return subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--concurrency", str(concurrency)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -1,4 +1,5 @@
-"""Celery's Redis transport with one Redis client object per channel.
+"""Celery's Redis transport with one Redis client object per channel, and what
+the host's queue holds (``queued_task_ids``).
 
 kombu's Redis channel builds a new ``redis.Redis`` object for every
 synchronous command it sends: each publish, and the delivery and
@@ -11,6 +12,8 @@ transport for ``redis://`` brokers.
 """
 
 from __future__ import annotations
+
+import json
 
 from kombu.transport import redis as kombu_redis
 
@@ -29,3 +32,18 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def queued_task_ids(app, queue: str) -> set[str]:
+    """The Celery task ids of the messages waiting in ``queue``: a Redis list per
+    priority step, each message a JSON document whose headers carry the id."""
+    ids: set[str] = set()
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        for priority in channel.priority_steps:
+            for raw in channel.client.lrange(channel._q_for_pri(queue, priority), 0, -1):
+                try:
+                    ids.add(json.loads(raw)["headers"]["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a Celery message
+    return ids

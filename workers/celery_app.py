@@ -34,6 +34,13 @@ def make_app(redis_url: str) -> Celery:
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # kombu's Redis ack emulation keeps a copy of each message a worker takes
+        # until it is acknowledged (two more Redis round trips per call) and gives
+        # it back after an hour if the worker died.  Without it a killed worker
+        # loses the few messages it took ahead of running them: the next worker
+        # fails their tasks before it takes any (workers/tasks.py).  A worker
+        # stopped with SIGTERM puts them back in the queue.
+        broker_transport_options={"ack_emulation": False},
     )
     use_broker(app, redis_url)
     return app

@@ -8,11 +8,14 @@ import os
 import threading
 import uuid
 
+from celery.signals import worker_init
+
 from xapi import config as config_mod
 from xapi import tasks
 from xapi.context import Runtime
 
-from .celery_app import TASK_NAME, app
+from .broker import queued_task_ids
+from .celery_app import TASK_NAME, app, queue_for
 
 log = logging.getLogger("xapi.worker")
 
@@ -21,8 +24,11 @@ _dispatcher = None
 _lock = threading.Lock()
 
 
-def worker_runtime():
-    """This worker process's runtime, built on first use (after any fork)."""
+def worker_runtime(before_consuming: bool = False):
+    """This worker process's runtime, built on first use (after any fork).
+
+    Built ``before_consuming`` (the threads pool: ``_take_over``), it also
+    fails the tasks whose messages the previous worker took and lost."""
     global _runtime, _dispatcher
     with _lock:
         if _runtime is None:
@@ -59,9 +65,30 @@ def worker_runtime():
             failed = tasks.fail_orphans(rt, alive={rt.process_id}, kind="worker")
             if failed:
                 log.warning("failed %d tasks left pending by a previous worker", failed)
+            if before_consuming:
+                try:
+                    lost = tasks.fail_lost_queued(
+                        rt, queued_task_ids(app, queue_for(host_uuid)))
+                except Exception:
+                    log.exception("could not look for calls a previous worker took and lost")
+                else:
+                    if lost:
+                        log.warning("failed %d tasks a previous worker took from the queue "
+                                    "and did not run", lost)
             _dispatcher = Dispatcher(rt)
             _runtime = rt
         return _runtime, _dispatcher
+
+
+@worker_init.connect
+def _take_over(sender=None, **_) -> None:
+    """Before the worker takes its first message.  Only when calls run in this
+    process (``xapi worker`` runs the threads pool): a forking pool's children
+    build their own runtime."""
+    pool = getattr(sender, "pool_cls", "")
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    if "thread" in name or "solo" in name:
+        worker_runtime(before_consuming=True)
 
 
 _loops = threading.local()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 from typing import Callable
 
 from xapi.context import Runtime, now
@@ -87,6 +88,35 @@ def fail_orphans(rt: Runtime, alive: set[str], kind: str = "server") -> int:
     for ref in orphans:
         fail(rt, ref, ApiError("INTERNAL_ERROR", "the process running this task stopped"))
     return len(orphans)
+
+
+# A task handed to a host's queue is committed just before its message is sent:
+# one younger than this may not be in the queue yet.
+QUEUED_GRACE = 5.0
+
+
+def fail_lost_queued(rt: Runtime, queued: set[str], grace: float = QUEUED_GRACE) -> int:
+    """Fail this host's pending tasks handed to its queue that no worker took
+    over and that the queue (``queued``: their refs) no longer holds.
+
+    A worker takes a few messages ahead of running them; the broker forgets a
+    message once taken (workers/celery_app.py), so a worker killed meanwhile
+    loses them.  Its successor calls this before it takes any message.
+    """
+    owner = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/queue"
+    with rt.db.write() as tx:
+        owners = tx.task_owners()
+    horizon = now() - timedelta(seconds=grace)
+    lost = [
+        ref for ref, (_, by) in owners.items()
+        if by == owner and ref not in queued
+        and (row := rt.cache.get("task", ref)) is not None
+        and row.values["status"] == PENDING and row.values["created"] < horizon
+    ]
+    for ref in lost:
+        fail(rt, ref, ApiError("INTERNAL_ERROR",
+                               "the worker that took this task from the queue stopped before running it"))
+    return len(lost)
 
 
 def fail_dead_local_workers(rt: Runtime) -> int:

@@ -129,3 +129,61 @@ def test_killed_worker_leaves_no_pending_task(pool_with_worker):
         assert record["error_info"] == ["INTERNAL_ERROR", "the process running this task stopped"]
     finally:
         client.debug_trigger("delay", ["VM_build", "0"])
+
+
+def test_calls_a_killed_worker_took_ahead_are_failed_by_the_next(pool_with_worker):
+    """Without kombu's ack emulation a worker's messages leave Redis when it takes
+    them: one killed with a call taken but not started loses it.  The next worker
+    fails that call's task before it takes anything, and runs what is still queued."""
+    import signal as sig
+
+    import redis
+
+    from tests.e2e.test_vm_lifecycle import install
+    from xapi.backends.xenops.client import XenopsClient
+
+    srv, first = pool_with_worker
+    first.terminate()  # SIGTERM: a warm shutdown, nothing taken is lost
+    first.wait(20)
+    worker = support.start_worker(srv, concurrency=1, redis_url=support.REDIS_URL)
+    x = XenAPI.Session(srv.url)
+    x.login_with_password("root", support.ROOT_PASSWORD)
+    api = x.xenapi
+    running, taken, queued = (install(api, f"ahead-{i}") for i in range(3))
+    client = XenopsClient(os.path.join(srv.state_dir, "xenopsd"), "org.xen.xapi.xenops.simulator")
+    host = api.host.get_uuid(api.session.get_this_host(x._session))
+    queue = redis.Redis.from_url(support.REDIS_URL)
+    try:
+        client.debug_trigger("delay", ["VM_build", "30"])  # the one thread stays busy
+        tasks = {}
+        tasks[running] = api.Async.VM.start(running, False, False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not api.VM.get_current_operations(running):
+            time.sleep(0.05)
+        assert api.VM.get_current_operations(running), "the worker did not start the first call"
+        tasks[taken] = api.Async.VM.start(taken, False, False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and queue.llen(f"host.{host}"):
+            time.sleep(0.05)  # the worker takes it ahead of running it
+        assert queue.llen(f"host.{host}") == 0
+        tasks[queued] = api.Async.VM.start(queued, False, False)
+        time.sleep(1.0)
+        assert queue.llen(f"host.{host}") == 1  # one taken ahead at most (concurrency 1)
+        worker.send_signal(sig.SIGKILL)
+        worker.wait()
+        client.debug_trigger("delay", ["VM_build", "0"])
+        time.sleep(6.5)  # older than the grace given to calls on their way to the queue
+        assert api.task.get_status(tasks[taken]) == "pending"
+        worker = support.start_worker(srv, concurrency=1, redis_url=support.REDIS_URL)
+        records = {vm: _wait_task(api, task, timeout=40) for vm, task in tasks.items()}
+        assert records[running]["error_info"] == ["INTERNAL_ERROR",
+                                                 "the process running this task stopped"]
+        assert records[taken]["error_info"] == [
+            "INTERNAL_ERROR", "the worker that took this task from the queue stopped before running it"]
+        assert records[queued]["status"] == "success", records[queued]["error_info"]
+        assert api.VM.get_power_state(queued) == "Running"
+    finally:
+        client.debug_trigger("delay", ["VM_build", "0"])
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(20)
