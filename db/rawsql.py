@@ -57,7 +57,12 @@ class RawSql:
         as data-modifying CTEs around the bump's RETURNING.  Parameters: the
         log's three arrays, the writes' in order, then the NOTIFY's two.  An
         empty shape opens a large commit whose writes follow it (they read the
-        bumped generation through ``HERE``)."""
+        bumped generation through ``HERE``).
+
+        The placeholders are PostgreSQL's own (``$1``…), for a ``RawCursor``:
+        psycopg parses a ``%s`` statement for its placeholders on every call
+        when the statement is long or has many parameters, as a batch of
+        write-backs does."""
         sql = self._commits.get(shape)
         if sql is None:
             parts = ["g AS (UPDATE xapi_generation SET generation = generation + 1 WHERE id = 1 "
@@ -69,12 +74,19 @@ class RawSql:
                 statement = statement.replace(HERE, HERE_IN_COMMIT)
                 for _ in range(times):
                     parts.append(f"w{len(parts)} AS ({statement})")
-            sql = ("WITH " + ", ".join(parts)
-                   + " SELECT generation, pg_notify(%s, generation::text || %s) FROM g")
+            sql = _numbered("WITH " + ", ".join(parts)
+                            + " SELECT generation, pg_notify(%s, generation::text || %s) FROM g")
             if len(self._commits) > 1000:  # shapes are few; never let them pile up
                 self._commits.clear()
             self._commits[shape] = sql
         return sql
+
+
+def _numbered(sql: str) -> str:
+    """psycopg's ``%s`` placeholders (the statements here hold no other ``%``) as
+    ``$1``, ``$2``…"""
+    parts = sql.split("%s")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
 
 
 class TableSql:

@@ -38,6 +38,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from psycopg import RawCursor
 from sqlalchemy import Table, create_engine, event, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
@@ -689,7 +690,7 @@ class Transaction:
             writes, rest = [], writes
         commit = raw.commit_statement(tuple((sql, len(rows)) for sql, rows in writes))
         params = log + tuple(p for _, rows in writes for row in rows for p in row) + notify
-        bump = dbapi.cursor()
+        bump = RawCursor(dbapi)  # the statement's placeholders are $n (commit_statement)
         try:
             with dbapi.pipeline():
                 bump.execute(commit, params)

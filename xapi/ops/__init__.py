@@ -63,8 +63,15 @@ def register(cls: str):
     return add
 
 
+_INSTANCES: dict[tuple[int, str], tuple[Model, Policy]] = {}
+
+
 def policy_for(model: Model, cls: str) -> Policy:
-    return _POLICIES.get(cls, Exclusive)(model, cls)
+    """The class's policy, one per model: a policy may keep answers (VmPolicy's)."""
+    found = _INSTANCES.get((id(model), cls))
+    if found is None or found[0] is not model:
+        found = _INSTANCES[(id(model), cls)] = (model, _POLICIES.get(cls, Exclusive)(model, cls))
+    return found[1]
 
 
 from . import devices, storage, vm  # noqa: E402,F401  (register their policies)
