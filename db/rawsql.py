@@ -106,6 +106,9 @@ class TableSql:
                        f"VALUES ({', '.join([p] * len(self.columns))})")
         self.modified = f"SELECT {q('_modified')} FROM {name} WHERE {ref} = {p}"
         self.modified_for_update = self.modified + raw.for_update
+        # PostgreSQL: several rows locked in one statement, in a fixed order.
+        self.lock_many = (f"SELECT {ref}, {q('_modified')} FROM {name} WHERE {ref} = ANY({p}) "
+                          f"ORDER BY {ref} FOR UPDATE")
         self.delete = f"DELETE FROM {name} WHERE {ref} = {p}"
         self.stamp_mod = f"UPDATE {name} SET {q('_modified')} = {p} WHERE {ref} = {p}"
         self.stamp_add = (f"UPDATE {name} SET {q('_created')} = {p}, {q('_modified')} = {p} "

@@ -434,6 +434,21 @@ class Transaction:
                 self._base[key] = base
         return _copy({**base, **self._changed.get(key, {})})
 
+    def lock(self, cls: str, refs: list[str]) -> None:
+        """``get(cls, ref, for_update=True)`` of each of ``refs`` in one statement
+        (PostgreSQL; SQLite serialises writers already): later ``get`` calls of
+        them answer without a query.  A ref that does not exist is left out."""
+        if not self._defer:
+            return
+        keys = [(cls, r) for r in refs if (cls, r) not in self._locked and (cls, r) not in self._ops]
+        if not keys:
+            return
+        for ref, modified in self._run(self._sql(cls).lock_many, ([k[1] for k in keys],)).fetchall():
+            row = self.db.cache.get(cls, ref)
+            self._base[(cls, ref)] = (row.values if row is not None and row.modified == modified
+                                      else self._select(cls, ref))
+            self._locked.add((cls, ref))
+
     def _select(self, cls: str, ref: str) -> dict[str, Any]:
         """The stored row (without this transaction's deferred changes)."""
         table = self.db.tables[cls]

@@ -133,3 +133,38 @@ def test_deferred_writes_are_what_the_transaction_did(db):
                             {"r": gone}).scalar_one() == 0
     assert db.cache.get("network", a).values["MTU"] == 9000
     assert db.cache.get("network", b).values["name_label"] == "b1"
+
+
+def test_lock_takes_several_rows_at_once_and_reads_what_is_stored(db, fresh_db_url):
+    """``tx.lock`` is ``get(..., for_update=True)`` of several rows in one statement:
+    on PostgreSQL they stay locked until the commit, and a row another process
+    changed since the cache saw it is read from the database."""
+    from sqlalchemy.exc import OperationalError
+
+    a, b = make_ref(), make_ref()
+    with db.write() as tx:
+        tx.insert("network", a, {"uuid": make_uuid(), "name_label": "a0"})
+        tx.insert("network", b, {"uuid": make_uuid(), "name_label": "b0"})
+    other = Database(fresh_db_url)
+    other.load()
+    with other.write() as tx:
+        tx.update("network", b, {"name_label": "b-other"})
+    other.close()
+    assert db.cache.get("network", b).values["name_label"] == "b0"  # not heard of yet
+    with db.write() as tx:
+        tx.lock("network", [b, a, "OpaqueRef:missing"])
+        if db.dialect == "postgresql":
+            with db.engine.connect() as conn:
+                for ref in (a, b):
+                    with pytest.raises(OperationalError):  # held by tx
+                        conn.execute(text("SELECT 1 FROM network WHERE _ref = :r FOR UPDATE NOWAIT"),
+                                     {"r": ref})
+                    conn.rollback()
+        assert tx.get("network", b, for_update=True)["name_label"] == "b-other"
+        assert tx.get("network", a, for_update=True)["name_label"] == "a0"
+        assert tx.get("network", "OpaqueRef:missing", for_update=True) is None
+        tx.update("network", a, {"MTU": 1400})
+        tx.update("network", b, {"MTU": 9000})
+    assert stored(db, "network", a, "name_label", "\"MTU\"") == ("a0", 1400)
+    assert stored(db, "network", b, "name_label", "\"MTU\"") == ("b-other", 9000)
+    assert db.cache.get("network", b).values["name_label"] == "b-other"
