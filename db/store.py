@@ -113,6 +113,11 @@ class Database:
             name: metadata.tables[table_name(name)] for name in self.classes
         }
         self.cache = ObjectCache(self.model, self.classes.values())
+        # (class, derived field) -> the relation it derives from (Transaction.related);
+        # only those whose other side names one object (VBD.VM, not a set of refs).
+        self.relations = {(r.to_cls, r.to_field): r for r in self.model.relations
+                          if r.to_cls in self.classes and r.from_cls in self.classes
+                          and self.classes[r.from_cls].fields[r.from_field].type.kind == "ref"}
         # One in-process writer at a time: keeps SQLite happy and makes the
         # cache see commits in generation order.
         self._write_lock = threading.Lock()
@@ -384,6 +389,7 @@ class Transaction:
         self._defer = db.dialect == "postgresql"
         self._locked: set[tuple[str, str]] = set()
         self._base: dict[tuple[str, str], dict[str, Any]] = {}
+        self._as_cached: set[tuple[str, str]] = set()  # locked at the cache's version
         # Ordered, as the commit's statement text follows them (db/rawsql.py caches it).
         self._unsent: dict[tuple[str, str], None] = {}  # created here, INSERT not sent
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}  # columns to UPDATE
@@ -425,13 +431,14 @@ class Transaction:
             if found is None:
                 return None
             row = self.db.cache.get(cls, ref)
-            if row is not None and row.modified == found[0]:
-                base = row.values
-            else:  # the cache has not seen this version (another process wrote it)
-                base = self._select(cls, ref)
+            cached = row is not None and row.modified == found[0]
+            # else the cache has not seen this version (another process wrote it)
+            base = row.values if cached else self._select(cls, ref)
             if for_update and self._defer:
                 self._locked.add(key)
                 self._base[key] = base
+                if cached:
+                    self._as_cached.add(key)
         return _copy({**base, **self._changed.get(key, {})})
 
     def lock(self, cls: str, refs: list[str]) -> None:
@@ -445,8 +452,11 @@ class Transaction:
             return
         for ref, modified in self._run(self._sql(cls).lock_many, ([k[1] for k in keys],)).fetchall():
             row = self.db.cache.get(cls, ref)
-            self._base[(cls, ref)] = (row.values if row is not None and row.modified == modified
-                                      else self._select(cls, ref))
+            if row is not None and row.modified == modified:
+                self._base[(cls, ref)] = row.values
+                self._as_cached.add((cls, ref))
+            else:
+                self._base[(cls, ref)] = self._select(cls, ref)
             self._locked.add((cls, ref))
 
     def _select(self, cls: str, ref: str) -> dict[str, Any]:
@@ -474,6 +484,19 @@ class Transaction:
     def ref_of(self, cls: str, uuid: str) -> str | None:
         refs = self.refs_where(cls, uuid=uuid)
         return refs[0] if refs else None
+
+    def related(self, cls: str, ref: str, field: str) -> list[str]:
+        """``ref``'s derived set ``field`` (``VM.VBDs``: the VBDs whose ``VM`` is
+        ``ref``) as this transaction sees it.
+
+        With ``ref`` locked here at the version the cache holds (PostgreSQL), the
+        cache's set is the stored one: a change to the set touches ``ref`` (its
+        ``_modified``), and the lock holds such a commit off until this one.
+        Otherwise, or when this transaction wrote the other side, a query."""
+        rel = self.db.relations[(cls, field)]
+        if (cls, ref) in self._as_cached and not any(k[0] == rel.from_cls for k in self._ops):
+            return self.db.cache.derived(cls, field, ref)
+        return self.refs_where(rel.from_cls, **{rel.from_field: ref})
 
     def refs_where(self, cls: str, **equal: Any) -> list[str]:
         self._send(cls)

@@ -168,3 +168,28 @@ def test_lock_takes_several_rows_at_once_and_reads_what_is_stored(db, fresh_db_u
     assert stored(db, "network", a, "name_label", "\"MTU\"") == ("a0", 1400)
     assert stored(db, "network", b, "name_label", "\"MTU\"") == ("b-other", 9000)
     assert db.cache.get("network", b).values["name_label"] == "b-other"
+
+
+def test_related_sets_as_the_transaction_sees_them(db, fresh_db_url):
+    """``tx.related`` answers from the cache only when the object is locked at the
+    cache's version (a change to the set would have touched it); a set another
+    process changed, or this transaction wrote, is read from the database."""
+    vm, mine, theirs, new = make_ref(), make_ref(), make_ref(), make_ref()
+    with db.write() as tx:
+        tx.insert("VM", vm, {"uuid": make_uuid()})
+        tx.insert("VBD", mine, {"uuid": make_uuid(), "VM": vm})
+    with db.write() as tx:
+        tx.get("VM", vm, for_update=True)
+        assert tx.related("VM", vm, "VBDs") == [mine]
+        assert ("VM", vm) in tx._as_cached or db.dialect != "postgresql"
+    other = Database(fresh_db_url)
+    other.load()
+    with other.write() as tx:
+        tx.insert("VBD", theirs, {"uuid": make_uuid(), "VM": vm})
+    other.close()
+    assert db.cache.derived("VM", "VBDs", vm) == [mine]  # not heard of yet
+    with db.write() as tx:
+        tx.get("VM", vm, for_update=True)
+        assert sorted(tx.related("VM", vm, "VBDs")) == sorted([mine, theirs])
+        tx.insert("VBD", new, {"uuid": make_uuid(), "VM": vm})
+        assert sorted(tx.related("VM", vm, "VBDs")) == sorted([mine, theirs, new])
