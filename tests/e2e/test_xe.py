@@ -54,7 +54,7 @@ def srv():
         if problem:
             pytest.skip(f"LOUD SKIP: {problem}")
         url = support.create_pg_database()
-    s = support.start_server(db_url=url, xenopsd_simulator_args="--delay VIF_plug=1.5")
+    s = support.start_server(db_url=url, xenopsd_simulator_args="--delay VIF_plug=3")
     yield s
     s.stop()
     if url:
@@ -577,7 +577,9 @@ def wait_for_pending_start(api, what) -> str:
     """The slow start's task, once the client is surely waiting on it."""
     if not wait_for(lambda: pending_start(api) is not None):
         pytest.fail(f"the start never got going: {what()}")
-    time.sleep(0.3)  # the client is following the task by now; the start takes 1.5 s more
+    # The client is following the task by now, even on a loaded machine (a Ctrl-C
+    # that came before would find no task to cancel); the start takes 2 s more.
+    time.sleep(1.0)
     task = pending_start(api)
     assert task is not None, f"the start was too quick: {what()}"
     return task
