@@ -430,15 +430,10 @@ class Transaction:
                               (ref,)).fetchone()
             if found is None:
                 return None
-            row = self.db.cache.get(cls, ref)
-            cached = row is not None and row.modified == found[0]
-            # else the cache has not seen this version (another process wrote it)
-            base = row.values if cached else self._select(cls, ref)
             if for_update and self._defer:
-                self._locked.add(key)
-                self._base[key] = base
-                if cached:
-                    self._as_cached.add(key)
+                base = self._hold(cls, ref, found[0])
+            else:
+                base = self._stored(cls, ref, found[0])[0]
         return _copy({**base, **self._changed.get(key, {})})
 
     def lock(self, cls: str, refs: list[str]) -> None:
@@ -451,13 +446,25 @@ class Transaction:
         if not keys:
             return
         for ref, modified in self._run(self._sql(cls).lock_many, ([k[1] for k in keys],)).fetchall():
-            row = self.db.cache.get(cls, ref)
-            if row is not None and row.modified == modified:
-                self._base[(cls, ref)] = row.values
-                self._as_cached.add((cls, ref))
-            else:
-                self._base[(cls, ref)] = self._select(cls, ref)
-            self._locked.add((cls, ref))
+            self._hold(cls, ref, modified)
+
+    def _stored(self, cls: str, ref: str, modified: int) -> tuple[dict[str, Any], bool]:
+        """The stored fields of a row whose ``_modified`` the database just gave:
+        the cached ones when the cache has that version (True), else read."""
+        row = self.db.cache.get(cls, ref)
+        if row is not None and row.modified == modified:
+            return row.values, True
+        return self._select(cls, ref), False  # another process wrote it since
+
+    def _hold(self, cls: str, ref: str, modified: int) -> dict[str, Any]:
+        """Record a row this transaction has just locked; its stored fields."""
+        key = (cls, ref)
+        base, cached = self._stored(cls, ref, modified)
+        self._locked.add(key)
+        self._base[key] = base
+        if cached:
+            self._as_cached.add(key)
+        return base
 
     def _select(self, cls: str, ref: str) -> dict[str, Any]:
         """The stored row (without this transaction's deferred changes)."""

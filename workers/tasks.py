@@ -24,11 +24,8 @@ _dispatcher = None
 _lock = threading.Lock()
 
 
-def worker_runtime(before_consuming: bool = False):
-    """This worker process's runtime, built on first use (after any fork).
-
-    Built ``before_consuming`` (the threads pool: ``_take_over``), it also
-    fails the tasks whose messages the previous worker took and lost."""
+def worker_runtime():
+    """This worker process's runtime, built on first use (after any fork)."""
     global _runtime, _dispatcher
     with _lock:
         if _runtime is None:
@@ -65,16 +62,6 @@ def worker_runtime(before_consuming: bool = False):
             failed = tasks.fail_orphans(rt, alive={rt.process_id}, kind="worker")
             if failed:
                 log.warning("failed %d tasks left pending by a previous worker", failed)
-            if before_consuming:
-                try:
-                    lost = tasks.fail_lost_queued(
-                        rt, queued_task_ids(app, queue_for(host_uuid)))
-                except Exception:
-                    log.exception("could not look for calls a previous worker took and lost")
-                else:
-                    if lost:
-                        log.warning("failed %d tasks a previous worker took from the queue "
-                                    "and did not run", lost)
             _dispatcher = Dispatcher(rt)
             _runtime = rt
         return _runtime, _dispatcher
@@ -82,13 +69,25 @@ def worker_runtime(before_consuming: bool = False):
 
 @worker_init.connect
 def _take_over(sender=None, **_) -> None:
-    """Before the worker takes its first message.  Only when calls run in this
-    process (``xapi worker`` runs the threads pool): a forking pool's children
-    build their own runtime."""
+    """Before the worker takes its first message: build the runtime (which fails
+    the tasks its predecessor was running) and fail the tasks whose messages the
+    predecessor had taken and lost.  Only when calls run in this process
+    (``xapi worker`` runs the threads pool): a forking pool's children build
+    their own runtime."""
     pool = getattr(sender, "pool_cls", "")
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
-    if "thread" in name or "solo" in name:
-        worker_runtime(before_consuming=True)
+    if "thread" not in name and "solo" not in name:
+        return
+    rt, _ = worker_runtime()
+    host_uuid = rt.cache.get("host", rt.host_ref).values["uuid"]
+    try:
+        lost = tasks.fail_lost_queued(rt, queued_task_ids(app, queue_for(host_uuid)))
+    except Exception:
+        log.exception("could not look for calls a previous worker took and lost")
+    else:
+        if lost:
+            log.warning("failed %d tasks a previous worker took from the queue and did not run",
+                        lost)
 
 
 _loops = threading.local()

@@ -71,23 +71,37 @@ def create_in(
     return ref
 
 
+def _fail_pending_owned(rt: Runtime, doomed: Callable[[str, str, dict], bool], why: str) -> int:
+    """Fail the pending tasks (as the cache has them) for which ``doomed(ref,
+    owner, values)`` holds, owners as the task-owner table records them; how many."""
+    with rt.db.write() as tx:
+        owners = tx.task_owners()
+    failed = [
+        ref for ref, (_, owner) in owners.items()
+        if (row := rt.cache.get("task", ref)) is not None and row.values["status"] == PENDING
+        and doomed(ref, owner, row.values)
+    ]
+    for ref in failed:
+        fail(rt, ref, ApiError("INTERNAL_ERROR", why))
+    return len(failed)
+
+
+def _host_uuid(rt: Runtime) -> str:
+    return rt.cache.get("host", rt.host_ref).values["uuid"]
+
+
+_STOPPED = "the process running this task stopped"
+
+
 def fail_orphans(rt: Runtime, alive: set[str], kind: str = "server") -> int:
     """Fail this host's pending tasks whose owning process is gone (restart safety).
 
     Owners are ``<host uuid>/<kind>/<pid>/<nonce>``; a process of one kind
     starting on a host takes over from every earlier process of that kind.
     """
-    prefix = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/{kind}/"
-    with rt.db.write() as tx:
-        owners = tx.task_owners()
-    orphans = [
-        ref for ref, (_, owner) in owners.items()
-        if owner.startswith(prefix) and owner not in alive
-        and (row := rt.cache.get("task", ref)) is not None and row.values["status"] == PENDING
-    ]
-    for ref in orphans:
-        fail(rt, ref, ApiError("INTERNAL_ERROR", "the process running this task stopped"))
-    return len(orphans)
+    prefix = f"{_host_uuid(rt)}/{kind}/"
+    return _fail_pending_owned(
+        rt, lambda _, owner, __: owner.startswith(prefix) and owner not in alive, _STOPPED)
 
 
 # A task handed to a host's queue is committed just before its message is sent:
@@ -103,20 +117,12 @@ def fail_lost_queued(rt: Runtime, queued: set[str], grace: float = QUEUED_GRACE)
     message once taken (workers/celery_app.py), so a worker killed meanwhile
     loses them.  Its successor calls this before it takes any message.
     """
-    owner = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/queue"
-    with rt.db.write() as tx:
-        owners = tx.task_owners()
+    queue = f"{_host_uuid(rt)}/queue"
     horizon = now() - timedelta(seconds=grace)
-    lost = [
-        ref for ref, (_, by) in owners.items()
-        if by == owner and ref not in queued
-        and (row := rt.cache.get("task", ref)) is not None
-        and row.values["status"] == PENDING and row.values["created"] < horizon
-    ]
-    for ref in lost:
-        fail(rt, ref, ApiError("INTERNAL_ERROR",
-                               "the worker that took this task from the queue stopped before running it"))
-    return len(lost)
+    return _fail_pending_owned(
+        rt, lambda ref, owner, values: owner == queue and ref not in queued
+        and values["created"] < horizon,
+        "the worker that took this task from the queue stopped before running it")
 
 
 def fail_dead_local_workers(rt: Runtime) -> int:
@@ -126,26 +132,20 @@ def fail_dead_local_workers(rt: Runtime) -> int:
     check tells whether one was killed, without waiting for the next worker to
     start or for ``pending_task_timeout``.
     """
-    prefix = f"{rt.cache.get('host', rt.host_ref).values['uuid']}/worker/"
-    with rt.db.write() as tx:
-        owners = tx.task_owners()
-    dead = []
-    for ref, (_, owner) in owners.items():
+    prefix = f"{_host_uuid(rt)}/worker/"
+
+    def dead(_, owner: str, __) -> bool:
         if not owner.startswith(prefix):
-            continue
-        row = rt.cache.get("task", ref)
-        if row is None or row.values["status"] != PENDING:
-            continue
+            return False
         try:
-            pid = int(owner[len(prefix):].split("/")[0])
-            os.kill(pid, 0)
+            os.kill(int(owner[len(prefix):].split("/")[0]), 0)
         except ProcessLookupError:
-            dead.append(ref)
+            return True
         except (ValueError, PermissionError):
-            continue
-    for ref in dead:
-        fail(rt, ref, ApiError("INTERNAL_ERROR", "the process running this task stopped"))
-    return len(dead)
+            pass
+        return False
+
+    return _fail_pending_owned(rt, dead, _STOPPED)
 
 
 def set_progress(rt: Runtime, ref: str, progress: float) -> None:

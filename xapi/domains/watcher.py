@@ -188,34 +188,29 @@ class QueueWatcher(_QueueThread):
     def write_vm_states(self, states: list[tuple[str, dict]]) -> None:
         """Several VMs' states, ``BATCH`` per transaction; one by one if a batch fails."""
         for i in range(0, len(states), self.BATCH):
-            batch = states[i:i + self.BATCH]
-            try:
-                self._write_batch(batch)
-                continue
-            except XenopsUnavailable:
-                raise
-            except Exception:
-                if len(batch) == 1:
-                    log.exception("could not write back the state of VM %s", batch[0][0])
-                    continue
-                log.debug("a batch of write-backs failed; writing them one by one", exc_info=True)
-            for ref, state in batch:
-                try:
-                    self._write_batch([(ref, state)])
-                except XenopsUnavailable:
-                    raise
-                except Exception:
-                    log.exception("could not write back the state of VM %s", ref)
+            self._write_or_split(states[i:i + self.BATCH])
+
+    def _write_or_split(self, batch: list[tuple[str, dict]]) -> None:
+        try:
+            self._write_batch(batch)
+        except XenopsUnavailable:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                log.exception("could not write back the state of VM %s", batch[0][0])
+                return
+            log.debug("a batch of write-backs failed; writing them one by one", exc_info=True)
+            for one in batch:
+                self._write_or_split([one])
 
     def _write_batch(self, batch: list[tuple[str, dict]]) -> None:
         for ref, state in batch:
             self._before_write(ref, state)
         with self.rt.db.write() as tx:
-            if len(batch) > 1:  # one statement locks them all
-                refs = [ref for ref, _ in batch]
-                tx.lock("VM", refs)
-                tx.lock("VM_metrics", [row.values["metrics"] for ref in refs
-                                       if (row := self.rt.cache.get("VM", ref)) is not None])
+            refs = [ref for ref, _ in batch]  # one statement locks them all, per class
+            tx.lock("VM", refs)
+            tx.lock("VM_metrics", [row.values["metrics"] for ref in refs
+                                   if (row := self.rt.cache.get("VM", ref)) is not None])
             halted = [self._write_in(tx, ref, state) for ref, state in batch]
         for vm_uuid in halted:
             self._forget(vm_uuid)
