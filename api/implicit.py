@@ -145,10 +145,15 @@ def setter(cls: str, field: str, ruled: bool) -> Callable:
     return set_
 
 
+# The map and set changes below read the field and write it back whole: the row
+# is locked for that (PostgreSQL), or two processes changing one object's field
+# at once (the server and a worker, two hosts) would lose one of the changes.
+
+
 def map_add(cls: str, field: str) -> Callable:
     def add(ctx: Context, ref: str, key: Any, value: Any):
         with ctx.rt.db.write() as tx:
-            current = tx.must_get(cls, ref)[field]
+            current = tx.must_get(cls, ref, for_update=True)[field]
             if key == "":
                 raise ApiError("INTERNAL_ERROR", "Db_exn.Empty_key_in_map")
             if key in current:
@@ -162,7 +167,7 @@ def map_add(cls: str, field: str) -> Callable:
 def map_remove(cls: str, field: str) -> Callable:
     def remove(ctx: Context, ref: str, key: Any):
         with ctx.rt.db.write() as tx:
-            current = tx.must_get(cls, ref)[field]
+            current = tx.must_get(cls, ref, for_update=True)[field]
             if key in current:
                 tx.update(cls, ref, {field: {k: v for k, v in current.items() if k != key}})
         return ""
@@ -173,7 +178,7 @@ def map_remove(cls: str, field: str) -> Callable:
 def set_add(cls: str, field: str) -> Callable:
     def add(ctx: Context, ref: str, value: Any):
         with ctx.rt.db.write() as tx:
-            current = tx.must_get(cls, ref)[field]
+            current = tx.must_get(cls, ref, for_update=True)[field]
             if value not in current:
                 tx.update(cls, ref, {field: [value, *current]})  # xapi prepends
         return ""
@@ -184,7 +189,7 @@ def set_add(cls: str, field: str) -> Callable:
 def set_remove(cls: str, field: str) -> Callable:
     def remove(ctx: Context, ref: str, value: Any):
         with ctx.rt.db.write() as tx:
-            current = tx.must_get(cls, ref)[field]
+            current = tx.must_get(cls, ref, for_update=True)[field]
             if value in current:
                 tx.update(cls, ref, {field: [v for v in current if v != value]})
         return ""

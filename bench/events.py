@@ -81,12 +81,23 @@ def loud(msg: str) -> None:
     print(f"\n{bar}\n!!! {msg}\n{bar}\n", file=sys.stderr, flush=True)
 
 
-def machine_busy() -> float:
-    """CPU-seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+def _cpu_line() -> list[int]:
+    # user nice system idle iowait irq softirq steal
     with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def machine_busy() -> float:
+    """CPU-seconds the whole machine spent busy (all CPUs), from /proc/stat;
+    time stolen by the hypervisor is not counted (``machine_steal``)."""
+    fields = _cpu_line()
+    return (sum(fields) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_steal() -> float:
+    """CPU-seconds the hypervisor gave to other guests while this machine wanted
+    them: on a shared host, the part of a slow run nobody here can fix."""
+    return _cpu_line()[7] / os.sysconf("SC_CLK_TCK")
 
 
 def memory(pid: int) -> dict[str, float]:

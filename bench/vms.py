@@ -64,7 +64,8 @@ from bench.procs import cpu_seconds, stop, wait_for_other_benchmarks
 from bench.report import REPO, publish
 
 from bench.events import (Client, Conn, code_version, connect, http_request,
-                          json_request, log, login, loud, machine_busy, nproc, pct,
+                          json_request, log, login, loud, machine_busy, machine_steal, nproc,
+                          pct,
                           raise_fd_limit)
 
 SECTION = "## VM lifecycle (issue 4)"
@@ -181,7 +182,7 @@ def cpu_snapshot(cfg: dict) -> dict:
     return {"t": time.perf_counter(), "server": cpu_seconds(cfg["server_pid"]),
             "sim": cpu_seconds(cfg["sim_pid"]) if cfg.get("sim_pid") else 0.0,
             "worker": cpu_seconds(cfg["worker_pid"]) if cfg.get("worker_pid") else 0.0,
-            "client": time.process_time(), "machine": machine_busy(),
+            "client": time.process_time(), "machine": machine_busy(), "steal": machine_steal(),
             "threads": thread_cpu(cfg["server_pid"])}
 
 
@@ -193,7 +194,7 @@ def cpu_shares(a: dict, b: dict, elapsed: float) -> dict:
     others = sorted(threads.values(), reverse=True)
     return {"server_cpu": srv / elapsed, "sim_cpu": sim / elapsed,
             "worker_cpu": wrk / elapsed, "client_cpu": cli / elapsed,
-            "other_cpu": other / elapsed,
+            "other_cpu": other / elapsed, "steal_cpu": (b["steal"] - a["steal"]) / elapsed,
             "threads": {"event loop": loop_cpu / elapsed,
                         "busiest other thread": (others[0] if others else 0.0) / elapsed,
                         f"all {len(others)} other threads": sum(others) / elapsed}}
@@ -492,7 +493,8 @@ def run_mode(label: str, pg: bool, celery: bool, args) -> dict:
                 f"outcomes {r['statuses']}, not {expect}: {r['wrong_power']}, server cpu "
                 f"{r['server_cpu'] * 100:.0f}%, simulator cpu {r['sim_cpu'] * 100:.0f}%"
                 + (f", worker cpu {r['worker_cpu'] * 100:.0f}%" if celery else "")
-                + f", client cpu {r['client_cpu'] * 100:.0f}%, other {r['other_cpu'] * 100:.0f}%")
+                + f", client cpu {r['client_cpu'] * 100:.0f}%, other {r['other_cpu'] * 100:.0f}%"
+                + f", stolen {r['steal_cpu'] * 100:.0f}%")
             if r["failures"] or r["wrong_power"]:
                 loud(f"{label}: {method}: {r['failures']} failed tasks {r['failure_samples']}; "
                      f"{r['wrong_power']} VMs not {expect} {r['wrong_samples']}")
@@ -583,7 +585,8 @@ def report(runs: list[dict], skipped: list[str], args) -> tuple[str, str, bool]:
                      f"{s['sim_cpu'] * 100:.0f}%"
                      + (f"; worker {s['worker_cpu'] * 100:.0f}%" if r["celery"] else "")
                      + f"; load generator {s['client_cpu'] * 100:.0f}%; other "
-                     f"{s['other_cpu'] * 100:.0f}%")
+                     f"{s['other_cpu'] * 100:.0f}%; stolen by the hypervisor "
+                     f"{s['steal_cpu'] * 100:.0f}%")
     for s_ in skipped:
         lines.append(f"  !!! {s_}")
     lines.append("")
@@ -630,12 +633,14 @@ def report(runs: list[dict], skipped: list[str], args) -> tuple[str, str, bool]:
         f"VMs are started and shut down once beforehand (warm-up); finished tasks are "
         f"destroyed after each phase.  JSON-RPC throughout.  CPU columns are shares of one CPU "
         f"over the start phase; *rest of the machine* is everything else (PostgreSQL, Redis, the "
-        f"kernel, other processes: when it is high, the machine was not idle).",
+        f"kernel, other processes: when it is high, the machine was not idle); *stolen* is "
+        f"CPU time the hypervisor gave other guests while this one wanted it (`steal` in "
+        f"/proc/stat): when it is high, every figure of the run is low.",
         "",
         "| mode | created VMs/s | starts/s | start p50 / p99 | shutdowns/s | shutdown p50 / p99 | "
         "failed | server CPU (start) | simulator CPU (start) | worker CPU (start) | "
-        "rest of the machine (start) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "rest of the machine (start) | stolen (start) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         c, s, d = r["created"], r["start"], r["shutdown"]
@@ -645,7 +650,7 @@ def report(runs: list[dict], skipped: list[str], args) -> tuple[str, str, bool]:
             f"| {r['mode']} | {c['rate']:.0f} | {s['rate']:.1f} | {s['p50_ms']:.0f} / "
             f"{s['p99_ms']:.0f} ms | {d['rate']:.1f} | {d['p50_ms']:.0f} / {d['p99_ms']:.0f} ms | "
             f"{failed} | {s['server_cpu'] * 100:.0f}% | {s['sim_cpu'] * 100:.0f}% | {wrk} | "
-            f"{s['other_cpu'] * 100:.0f}% |")
+            f"{s['other_cpu'] * 100:.0f}% | {s['steal_cpu'] * 100:.0f}% |")
     md += [
         "",
         "**Memory** (VmRSS, MiB): idle, with the VMs created (halted), with all of them "

@@ -32,7 +32,6 @@ class RawSql:
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
         self.ph = "?" if dialect.name == "sqlite" else "%s"
-        self.for_update = " FOR UPDATE" if dialect.name == "postgresql" else ""
         self.quote = dialect.identifier_preparer.quote
         self._tables: dict[str, TableSql] = {}
         self._commits: dict[tuple, str] = {}
@@ -105,10 +104,10 @@ class TableSql:
         self.insert = (f"INSERT INTO {name} ({', '.join(q(c) for c in self.columns)}) "
                        f"VALUES ({', '.join([p] * len(self.columns))})")
         self.modified = f"SELECT {q('_modified')} FROM {name} WHERE {ref} = {p}"
-        self.modified_for_update = self.modified + raw.for_update
-        # PostgreSQL: several rows locked in one statement, in a fixed order.
-        self.lock_many = (f"SELECT {ref}, {q('_modified')} FROM {name} WHERE {ref} = ANY({p}) "
-                          f"ORDER BY {ref} FOR UPDATE")
+        # PostgreSQL: several rows locked in one statement, in a fixed order; with
+        # $n placeholders, for db/pgpipeline.py.
+        self.lock_many = _numbered(f"SELECT {ref}, {q('_modified')} FROM {name} "
+                                   f"WHERE {ref} = ANY({p}) ORDER BY {ref} FOR UPDATE")
         self.delete = f"DELETE FROM {name} WHERE {ref} = {p}"
         self.stamp_mod = f"UPDATE {name} SET {q('_modified')} = {p} WHERE {ref} = {p}"
         self.stamp_add = (f"UPDATE {name} SET {q('_created')} = {p}, {q('_modified')} = {p} "

@@ -9,8 +9,10 @@ Every change goes through ``Database.write()``.  At commit the transaction
    ``xapi_changes`` entry per object (add, mod or del),
 3. commits, and hands the touched rows to the object cache.
 
-On PostgreSQL steps 1-3 and the ``NOTIFY`` that announces the commit to
-other processes (``db/announce.py``) travel in one pipelined round trip.
+On PostgreSQL steps 1-3, the ``NOTIFY`` that announces the commit to
+other processes (``db/announce.py``) and the ``COMMIT`` leave in one write
+(``db/pgpipeline.py``), and a transaction's first row locks carry its
+``BEGIN`` (``Transaction.lock_rows``).
 
 The rows handed to the cache are not read back: the transaction knows what
 it wrote, and when no other process committed since the cache's generation
@@ -38,7 +40,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from psycopg import RawCursor
+from psycopg import RawCursor, pq
 from sqlalchemy import Table, create_engine, event, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
@@ -48,7 +50,7 @@ from xapi.idl.types import NULL_REF
 
 from . import announce
 from . import changelog as changelog_mod
-from . import migrate
+from . import migrate, pgpipeline
 from .cache import Change, ObjectCache, _targets
 from .changelog import ChangeLogReader
 from .rawsql import RawSql
@@ -424,29 +426,44 @@ class Transaction:
         if op == "add":
             return _copy(self._rows[key])
         base = self._base.get(key) if key in self._locked else None
-        if base is None:
-            sql = self._sql(cls)
-            found = self._run(sql.modified_for_update if for_update else sql.modified,
-                              (ref,)).fetchone()
+        if base is None and for_update and self._defer:
+            self._lock_rows([(cls, [ref])])
+            base = self._base.get(key)
+            if base is None:
+                return None
+        elif base is None:
+            found = self._run(self._sql(cls).modified, (ref,)).fetchone()
             if found is None:
                 return None
-            if for_update and self._defer:
-                base = self._hold(cls, ref, found[0])
-            else:
-                base = self._stored(cls, ref, found[0])[0]
+            base = self._stored(cls, ref, found[0])[0]
         return _copy({**base, **self._changed.get(key, {})})
 
     def lock(self, cls: str, refs: list[str]) -> None:
         """``get(cls, ref, for_update=True)`` of each of ``refs`` in one statement
         (PostgreSQL; SQLite serialises writers already): later ``get`` calls of
         them answer without a query.  A ref that does not exist is left out."""
+        self.lock_rows({cls: refs})
+
+    def lock_rows(self, wanted: dict[str, list[str]]) -> None:
+        """``lock`` of several classes' rows in one round trip (one statement
+        per class, in ``wanted``'s order; the transaction's ``BEGIN`` rides
+        along when these are its first statements)."""
         if not self._defer:
             return
-        keys = [(cls, r) for r in refs if (cls, r) not in self._locked and (cls, r) not in self._ops]
-        if not keys:
-            return
-        for ref, modified in self._run(self._sql(cls).lock_many, ([k[1] for k in keys],)).fetchall():
-            self._hold(cls, ref, modified)
+        todo = [(cls, refs) for cls, refs in (
+            (cls, [r for r in refs if (cls, r) not in self._locked and (cls, r) not in self._ops])
+            for cls, refs in wanted.items()) if refs]
+        if todo:
+            self._lock_rows(todo)
+
+    def _lock_rows(self, todo: list[tuple[str, list[str]]]) -> None:
+        dbapi = self.conn.connection.dbapi_connection
+        begin = dbapi.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        found = pgpipeline.exchange(
+            dbapi, [(self._sql(cls).lock_many, (refs,)) for cls, refs in todo], begin=begin)
+        for (cls, _), rows in zip(todo, found):
+            for ref, modified in rows:
+                self._hold(cls, ref, int(modified))
 
     def _stored(self, cls: str, ref: str, modified: int) -> tuple[dict[str, Any], bool]:
         """The stored fields of a row whose ``_modified`` the database just gave:
@@ -710,9 +727,10 @@ class Transaction:
         """``_log`` and the commit on PostgreSQL in one round trip.
 
         The generation's row lock orders every writer of the pool: it is held
-        from the bump to the commit, which travel together, so no Python (nor
-        a wait for the GIL) runs while it is held.  The later statements read
-        the new generation back in SQL."""
+        from the bump to the commit, which leave in one write
+        (``db/pgpipeline.py``), so no Python (nor a wait for the GIL) runs
+        while it is held.  The later statements of a large commit read the new
+        generation back in SQL."""
         raw = self.db.raw_sql
         dbapi = self.conn.connection.dbapi_connection
         # Everything is prepared first: the pipeline sends each statement at once, so
@@ -735,6 +753,8 @@ class Transaction:
             writes, rest = [], writes
         commit = raw.commit_statement(tuple((sql, len(rows)) for sql, rows in writes))
         params = log + tuple(p for _, rows in writes for row in rows for p in row) + notify
+        if not rest:
+            return int(pgpipeline.exchange(dbapi, [(commit, params)], commit=True)[0][0][0])
         bump = RawCursor(dbapi)  # the statement's placeholders are $n (commit_statement)
         try:
             with dbapi.pipeline():

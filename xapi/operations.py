@@ -89,6 +89,8 @@ def unmark(rt: Runtime, cls: str, ref: str, task: str,
            finish: Callable[[Any], None] | None = None) -> None:
     policy = policy_for(rt.model, cls)
     with rt.db.write() as tx:
+        # One round trip locks the object and the task that finishes with it.
+        tx.lock_rows({cls: [ref], "task": [task]} if finish is not None else {cls: [ref]})
         values = tx.get(cls, ref, for_update=True)
         if finish is not None:
             finish(tx)

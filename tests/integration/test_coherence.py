@@ -227,3 +227,41 @@ def test_an_unreadable_announcement_is_read_back(two):
             "not a generation"])
     assert a.cache.get("network", net).values["name_label"] == "from b"
     assert a.cache.generation == b.cache.generation
+
+
+def test_map_and_set_changes_from_two_processes_lose_nothing(two):
+    """``add_to_<map>`` and kin read the field and write it back whole: the row
+    is locked for that, or two processes (the server and a worker, two hosts)
+    changing one object's map at once lose one of the changes."""
+    import threading
+    from types import SimpleNamespace
+
+    from api import implicit
+
+    a, b = two
+    if a.dialect != "postgresql":
+        pytest.skip("one process writes an SQLite database; PostgreSQL's row locks are under test")
+    net = make_ref()
+    with a.write() as tx:
+        tx.insert("network", net, {"uuid": make_uuid(), "tags": ["old"]})
+    add, remove = implicit.map_add("network", "other_config"), implicit.map_remove("network", "other_config")
+    tag, untag = implicit.set_add("network", "tags"), implicit.set_remove("network", "tags")
+
+    def run(db, prefix):
+        ctx = SimpleNamespace(rt=SimpleNamespace(db=db))
+        for i in range(30):
+            add(ctx, net, f"{prefix}{i}", "x")
+            add(ctx, net, f"{prefix}gone{i}", "x")
+            remove(ctx, net, f"{prefix}gone{i}")
+            tag(ctx, net, f"{prefix}{i}")
+        untag(ctx, net, "old")
+
+    threads = [threading.Thread(target=run, args=(db, p)) for db, p in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.catch_up()
+    row = b.cache.get("network", net).values
+    assert sorted(row["other_config"]) == sorted(f"{p}{i}" for p in "ab" for i in range(30))
+    assert sorted(row["tags"]) == sorted(f"{p}{i}" for p in "ab" for i in range(30))

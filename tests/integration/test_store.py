@@ -170,6 +170,102 @@ def test_lock_takes_several_rows_at_once_and_reads_what_is_stored(db, fresh_db_u
     assert db.cache.get("network", b).values["name_label"] == "b-other"
 
 
+class round_trips:
+    """Counts what reaches PostgreSQL: psycopg's waits for an answer and
+    db/pgpipeline.py's exchanges (one round trip each)."""
+
+    def __enter__(self):
+        import psycopg
+
+        from db import pgpipeline
+
+        self.counts: dict[str, int] = {}
+        self._undo = []
+        for owner, name, kind in ((psycopg.Connection, "wait", "wait"),
+                                  (pgpipeline, "exchange", "exchange")):
+            original = getattr(owner, name)
+
+            def counted(*args, _original=original, _kind=kind, **kwargs):
+                self.counts[_kind] = self.counts.get(_kind, 0) + 1
+                return _original(*args, **kwargs)
+
+            setattr(owner, name, counted)
+            self._undo.append((owner, name, original))
+        return self.counts
+
+    def __exit__(self, *exc):
+        for owner, name, original in self._undo:
+            setattr(owner, name, original)
+
+
+def test_lock_rows_locks_several_classes_in_the_transactions_first_round_trip(db):
+    """``tx.lock_rows`` is ``tx.lock`` of several classes at once; on PostgreSQL
+    the transaction's BEGIN travels with it, and the rows stay locked until
+    the commit, their updates waiting for it."""
+    from sqlalchemy.exc import OperationalError
+
+    net, vm = make_ref(), make_ref()
+    with db.write() as tx:
+        tx.insert("network", net, {"uuid": make_uuid(), "name_label": "n0"})
+        tx.insert("VM", vm, {"uuid": make_uuid(), "name_label": "v0"})
+    with db.write() as tx:
+        pg = db.dialect == "postgresql"
+        if pg:
+            assert tx.conn.connection.dbapi_connection.pgconn.transaction_status == 0  # IDLE
+        with round_trips() as trips:
+            tx.lock_rows({"network": [net, "OpaqueRef:missing"], "VM": [vm]})
+        if pg:
+            assert trips == {"exchange": 1}  # BEGIN and both statements in one go
+            assert {("network", net), ("VM", vm)} <= tx._locked
+            with db.engine.connect() as conn:
+                for table, ref in (("network", net), ("vm", vm)):
+                    with pytest.raises(OperationalError):  # held by tx
+                        conn.execute(text(f"SELECT 1 FROM {table} WHERE _ref = :r FOR UPDATE NOWAIT"),
+                                     {"r": ref})
+                    conn.rollback()
+        assert tx.get("network", "OpaqueRef:missing", for_update=True) is None
+        tx.update("network", net, {"name_label": "n1"})
+        tx.update("VM", vm, {"name_label": "v1"})
+        if pg:
+            assert ("network", net) in tx._pending  # sent with the commit
+        db.verify = False  # (XAPI_DB_VERIFY would read the rows back)
+        trips = round_trips()
+        trips.__enter__()
+    trips.__exit__(None, None, None)
+    if pg:
+        # The commit statement and COMMIT in one go; the wait is SQLAlchemy's
+        # commit, which then finds no transaction open and sends nothing.
+        assert trips.counts == {"exchange": 1, "wait": 1}
+    assert stored(db, "network", net, "name_label") == ("n1",)
+    assert stored(db, "VM", vm, "name_label") == ("v1",)
+    assert db.cache.get("VM", vm).values["name_label"] == "v1"
+
+
+def test_a_database_error_at_commit_leaves_nothing(db):
+    """A write the database refuses (here a second object with a ref already
+    taken) fails the whole transaction: nothing stored, nothing cached, no
+    generation, and the next transaction runs."""
+    net, other = make_ref(), make_ref()
+    with db.write() as tx:
+        tx.insert("network", net, {"uuid": make_uuid(), "name_label": "n0"})
+    generation = db.cache.generation
+    with pytest.raises(Exception):
+        with db.write() as tx:
+            tx.update("network", net, {"name_label": "changed"})
+            tx.insert("network", other, {"uuid": make_uuid(), "name_label": "o"})
+            tx.insert("network", net, {"uuid": make_uuid()})  # the ref is taken
+    assert db.cache.generation == generation
+    assert stored(db, "network", net, "name_label") == ("n0",)
+    assert db.cache.get("network", net).values["name_label"] == "n0"
+    assert db.cache.get("network", other) is None
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM network WHERE _ref = :r"),
+                            {"r": other}).scalar_one() == 0
+    with db.write() as tx:
+        tx.update("network", net, {"name_label": "n1"})
+    assert stored(db, "network", net, "name_label") == ("n1",)
+
+
 def test_related_sets_as_the_transaction_sees_them(db, fresh_db_url):
     """``tx.related`` answers from the cache only when the object is locked at the
     cache's version (a change to the set would have touched it); a set another

@@ -270,7 +270,7 @@ def provision(ctx: Context, vm_ref: str) -> None:
         raise
     if spec:
         with rt.db.write() as tx:
-            other = dict(tx.get("VM", vm_ref)["other_config"])
+            other = dict(tx.must_get("VM", vm_ref, for_update=True)["other_config"])
             other.pop("disks", None)
             tx.update("VM", vm_ref, {"other_config": other})
 

@@ -136,11 +136,13 @@ def claim_start(ctx: Context, tx, vm_ref: str, host_ref: str) -> None:
     vm = _vm(ctx, vm_ref)
     assert_can_boot(ctx, vm_ref, vm, host_ref)
     tx.update("VM", vm_ref, {"scheduled_to_be_resident_on": host_ref})
-    for vbd in tx.related("VM", vm_ref, "VBDs"):
+    vbds, vifs = tx.related("VM", vm_ref, "VBDs"), tx.related("VM", vm_ref, "VIFs")
+    tx.lock_rows({"VBD": vbds, "VIF": vifs})  # their updates then wait for the commit
+    for vbd in vbds:
         values = tx.get("VBD", vbd)
         if not values["empty"] and values["VDI"] != NULL_REF:
             tx.update("VBD", vbd, {"currently_attached": True})
-    for vif in tx.related("VM", vm_ref, "VIFs"):
+    for vif in vifs:
         tx.update("VIF", vif, {"currently_attached": True})
 
 

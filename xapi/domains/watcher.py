@@ -207,10 +207,10 @@ class QueueWatcher(_QueueThread):
         for ref, state in batch:
             self._before_write(ref, state)
         with self.rt.db.write() as tx:
-            refs = [ref for ref, _ in batch]  # one statement locks them all, per class
-            tx.lock("VM", refs)
-            tx.lock("VM_metrics", [row.values["metrics"] for ref in refs
-                                   if (row := self.rt.cache.get("VM", ref)) is not None])
+            refs = [ref for ref, _ in batch]  # one round trip locks them all
+            tx.lock_rows({"VM": refs,
+                          "VM_metrics": [row.values["metrics"] for ref in refs
+                                         if (row := self.rt.cache.get("VM", ref)) is not None]})
             halted = [self._write_in(tx, ref, state) for ref, state in batch]
         for vm_uuid in halted:
             self._forget(vm_uuid)

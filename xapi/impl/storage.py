@@ -311,7 +311,8 @@ def create_vdi(ctx: Context, values: dict) -> str:
     vdi = _new_vdi(ctx, sr, volume, extra)
     if sm_config:
         with ctx.rt.db.write() as tx:
-            tx.update("VDI", vdi, {"sm_config": {**sm_config, **tx.get("VDI", vdi)["sm_config"]}})
+            current = tx.must_get("VDI", vdi, for_update=True)["sm_config"]
+            tx.update("VDI", vdi, {"sm_config": {**sm_config, **current}})
     return vdi
 
 

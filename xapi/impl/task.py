@@ -44,7 +44,7 @@ def destroy(ctx: Context, ref: str):
     with ctx.rt.db.write() as tx:
         if task["status"] == tasks.PENDING:
             # Destroyed by the task machinery as soon as it completes.
-            ops = {**tx.must_get("task", ref)["current_operations"], make_ref(): "destroy"}
+            ops = {**tx.must_get("task", ref, for_update=True)["current_operations"], make_ref(): "destroy"}
             tx.update("task", ref, {"current_operations": ops})
         else:
             tx.delete("task", ref)
@@ -58,7 +58,8 @@ def cancel(ctx: Context, ref: str):
     if task["status"] != tasks.PENDING:
         return ""
     with ctx.rt.db.write() as tx:
-        ops = {**tx.must_get("task", ref)["current_operations"], (ctx.task or make_ref()): "cancel"}
+        ops = {**tx.must_get("task", ref, for_update=True)["current_operations"],
+               (ctx.task or make_ref()): "cancel"}
         tx.update("task", ref, {"current_operations": ops})
     if not tasks.request_cancel(ctx.rt, ref):
         # Nothing runs it here (a client's own task): it is the owner's to finish.

@@ -145,7 +145,9 @@ def choose_and_reserve(rt: Runtime, vm_ref: str, host_ref: str | None = None,
     own writes to the reserving transaction (the call's task).
     """
     with _choose_lock, rt.db.write() as tx:
-        tx.get("pool", rt.pool_ref, for_update=True)  # orders choosers in other processes
+        # The pool's row orders choosers in other processes; the VM's, locked in the
+        # same round trip, lets its update below wait for the commit.
+        tx.lock_rows({"pool": [rt.pool_ref], "VM": [vm_ref]})
         if host_ref is None:
             # As xapi: the host with the most free memory that passes every check;
             # failing that, one that passes all but memory, whose error is then reported.

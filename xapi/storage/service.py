@@ -218,7 +218,7 @@ class Storage:
                     tx.insert("VDI", make_ref(), {**fields, "uuid": uuid, "SR": sr_ref, "type": "user",
                                                   "other_config": {}, "xenstore_data": {}})
                 else:
-                    current = tx.get("VDI", ref)
+                    current = tx.get("VDI", ref, for_update=True)
                     keep_config = {k: v for k, v in current["sm_config"].items() if k != "vhd-parent"}
                     fields["sm_config"] = {**keep_config, **fields["sm_config"]}
                     tx.update("VDI", ref, {k: v for k, v in fields.items() if current.get(k) != v})

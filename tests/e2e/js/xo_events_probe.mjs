@@ -536,7 +536,14 @@ const scenarios = {
         3e3
       )
       await withTimeout(xapi.barrier(), WAIT, 'barrier after churn', xapi)
-      await sleep(400) // the barrier key removal produces one more pool event
+      // the barrier's key removal (fire and forget) produces one more pool event:
+      // the quiet period starts once it is in the cache, however slow the machine
+      await until(
+        'barrier key removed',
+        () => !Object.keys(xapi.pool.other_config).some(k => k.startsWith('xo:barrier:')),
+        xapi
+      )
+      await sleep(100)
       const churnTaskFetches = xapi.$probe.count('task.get_all_records', churnStart)
       const churnEventFroms = xapi.$probe.eventFroms.filter(e => e.at >= churnStart)
 
