@@ -427,12 +427,12 @@ def bench_all_records(server, session: str, args) -> tuple[dict, dict]:
             assert reply["Status"] == "Success", reply
             records = reply["Value"]
 
-            def encode():
+            def encode(records=records):
                 return xmlrpc.client.dumps((records,), methodresponse=True, allow_none=True)
         else:
             records = json.loads(data)["result"]
 
-            def encode():
+            def encode(records=records):
                 return json.dumps({"jsonrpc": "2.0", "result": records, "id": 1})
         parse = time.perf_counter() - t0
         del data
@@ -443,7 +443,7 @@ def bench_all_records(server, session: str, args) -> tuple[dict, dict]:
         log(f"{proto} stdlib encoder on the same {len(records)} records "
             f"({out[f'{proto}_stdlib_bytes'] / 1e6:.1f} MB): "
             f"{', '.join(f'{t:.3f}' for t in ref_all)} s (stdlib parse took {parse:.1f} s)")
-        del records
+        del records, encode  # both hold the records: free them before the next protocol's
     client.close()
     return out, bodies
 

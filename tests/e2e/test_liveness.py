@@ -14,6 +14,7 @@ import signal
 import time
 
 import pytest
+import sqlalchemy
 import XenAPI
 
 from tests import support
@@ -43,6 +44,24 @@ def _wait_live(x, metrics: str, token: str, want: bool, timeout: float) -> tuple
             if ev["ref"] == metrics and ev["operation"] == "mod" and ev["snapshot"]["live"] == want:
                 return token, time.monotonic() - start
     raise AssertionError(f"no host_metrics event with live={want} within {timeout} s")
+
+
+def _await_beat(db_url: str, host: str, timeout: float = 10.0) -> None:
+    """Return just after ``host``'s beat count moves in the shared heartbeat table."""
+    engine = sqlalchemy.create_engine(db_url)
+    query = sqlalchemy.text("SELECT beats FROM xapi_host_heartbeat WHERE host = :host")
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(query, {"host": host}).scalar()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                conn.rollback()  # a fresh snapshot each look
+                if conn.execute(query, {"host": host}).scalar() != first:
+                    return
+                time.sleep(0.02)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"host {host} did not beat within {timeout} s")
 
 
 def test_member_liveness_follows_its_heartbeats(pool_db):
@@ -76,11 +95,14 @@ def test_member_liveness_follows_its_heartbeats(pool_db):
         assert len(x.host.get_all()) == 2  # the same host came back
 
         # kill -9: no goodbye; A judges it dead once it is silent for the interval.
+        # Killed right after a beat, so the silence starts at the kill (a busy B
+        # may have beaten last well before it).
+        _await_beat(pool_db, hosts["127.0.0.2"])
+        killed = time.monotonic()
         b.process.send_signal(signal.SIGKILL)
         b.process.wait(30)
-        killed = time.monotonic()
         token, _ = _wait_live(x, metrics, token, False, DEAD_AFTER * 5)
-        assert time.monotonic() - killed >= DEAD_AFTER - 1.0
+        assert time.monotonic() - killed >= DEAD_AFTER - 0.5
         assert x.host_metrics.get_live(x.host.get_metrics(hosts["127.0.0.1"]))
 
         b = support.start_server(db_url=pool_db, state_dir=b.state_dir, listen_host="127.0.0.2",
