@@ -80,6 +80,9 @@ class ObjectCache:
         self.journal_floor = 0
         self.generation = 0
         self.lock = threading.RLock()
+        # Notified (under ``lock``) each time ``generation`` moves: a writer waits
+        # here for the commits of other processes that came before its own.
+        self.advanced = threading.Condition(self.lock)
         # Called (from the writing thread) after each apply with the generation and changes.
         self.listeners: list = []
         self._outgoing: dict[str, list[Relation]] = {}
@@ -187,6 +190,7 @@ class ObjectCache:
                     self.tables[cls][ref] = row.renewed()
             if generation > self.generation:
                 self.generation = generation
+                self.advanced.notify_all()
             if baseline:
                 self.journal = []
                 self.journal_floor = self.generation

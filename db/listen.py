@@ -5,7 +5,8 @@ and, when they fit, its changes (``db/announce.py``).  A thread here LISTENs
 on its own connection and applies them (``Database.hear``), or catches the
 cache up from the change log when it cannot (``Database.catch_up``); either
 wakes event.from waiters through the cache's listeners.  A slow periodic
-catch-up covers a lost connection.
+catch-up covers a lost connection.  While it listens, a writer leaves the
+commits of other processes that precede its own to it (``Database.hearing``).
 SQLite (the embedded mode) has one process, so nothing needs to listen.
 """
 
@@ -56,6 +57,7 @@ class ChangeListener:
             conn.autocommit = True
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.db.catch_up()  # whatever was committed before we listened
+            self.db.hearing = True
             while not self._stop.is_set():
                 payloads = [n.payload for n in conn.notifies(timeout=self.poll_interval,
                                                              stop_after=1)]
@@ -65,5 +67,8 @@ class ChangeListener:
                 elif self.db.catch_up():  # the poll interval passed
                     log.debug("caught up without a notification")
         finally:
+            with self.db.cache.advanced:  # writers waiting for us read the log instead
+                self.db.hearing = False
+                self.db.cache.advanced.notify_all()
             raw.close()
 

@@ -15,10 +15,12 @@ other processes (``db/announce.py``) and the ``COMMIT`` leave in one write
 ``BEGIN`` (``Transaction.lock_rows``).
 
 The rows handed to the cache are not read back: the transaction knows what
-it wrote, and when no other process committed since the cache's generation
-(always, on SQLite) the cached row plus this transaction's changes is the
-stored row.  Otherwise the writer catches up from the change log after the
-commit, its own generation included.
+it wrote, and once the cache holds every generation before its own the
+cached row plus this transaction's changes is the stored row
+(``Transaction._changes``).  Other processes' commits before it reach the
+cache through the change listener (``db/listen.py``), which the writer waits
+for after leaving the write lock; without a listener, it reads them from the
+change log.
 Reads inside a transaction take the cached row too when its ``_modified``
 matches the database's (on PostgreSQL that read also locks the row).  The
 hot statements run on the DBAPI connection with SQL built once
@@ -66,6 +68,10 @@ _IDLE_PING = 1.0
 
 
 NOTIFY_CHANNEL = "xapi_changes"
+
+# How long a writer waits for the listener to bring the cache up to its own
+# commit before reading the missing generations from the change log itself.
+_HEAR_WAIT = 0.2
 
 # Up to this many parameters a PostgreSQL commit is one statement (_log_pipelined).
 _ONE_STATEMENT_PARAMS = 400
@@ -128,6 +134,9 @@ class Database:
         self._writer: Connection | None = None
         self._writer_used = 0.0
         self.verify = os.environ.get("XAPI_DB_VERIFY", "") not in ("", "0")
+        # True while a ChangeListener applies every commit as it is announced
+        # (db/listen.py): writers then leave other processes' commits to it.
+        self.hearing = False
         self.changelog = ChangeLogReader(self)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -170,7 +179,7 @@ class Database:
                 tx = Transaction(self, conn)
                 try:
                     yield tx
-                    changes, generation = tx._finish()
+                    generation = tx._finish()
                 except BaseException:
                     conn.rollback()
                     raise
@@ -183,26 +192,46 @@ class Database:
                 self._writer_used = time.monotonic()
                 if tx is not None:
                     tx.close()
-            if changes is None:
-                # Other processes committed since the cache's generation: read theirs
-                # and ours back from the change log, in order.
-                self.catch_up(upto=generation)
-            elif changes:
-                self._apply_own(changes, generation)
+            if not self.hearing:
+                self._apply_own(tx, generation)
+                return
+        # Other processes' commits before this one reach the cache through the
+        # listener; waiting for them does not hold this process's other writers up.
+        self._apply_own(tx, generation)
 
-    def _apply_own(self, changes: list[Change], generation: int) -> None:
-        """Hand this process's commit to the cache, after any earlier generation."""
+    def _apply_own(self, tx: "Transaction", generation: int) -> None:
+        """Hand this process's commit to the cache, after every earlier generation.
+
+        The transaction knows what it wrote, and with the cache at the generation
+        before its own the cached rows plus its changes are the stored rows
+        (``Transaction._changes``).  Earlier generations of other processes are
+        the listener's to apply (``hear``); when it is not listening, or is slow,
+        this reads them from the change log."""
+        if not tx.wrote:
+            return
+        cache = self.cache
+        deadline = time.monotonic() + _HEAR_WAIT
         while True:
-            with self.cache.lock:
-                if generation <= self.cache.generation:
-                    return  # a catch-up read it back from the database already
-                if generation == self.cache.generation + 1:
-                    self.cache.apply(changes, generation)
-                    return
-            # Other processes committed in between: take theirs first (outside the
-            # cache lock, which a catch-up takes after its reader lock), so the
-            # cache and event.from see generations in order.
+            with cache.advanced:
+                while generation > cache.generation + 1 and self.hearing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    cache.advanced.wait(remaining)
+                if generation <= cache.generation:
+                    return  # the listener, or a catch-up, applied it from the database
+                changes = None
+                if generation == cache.generation + 1:
+                    changes = tx._changes(generation)
+                    if changes is None:  # cannot be known without reading back
+                        break
+                    cache.apply(changes, generation)
+            if changes is not None:
+                if self.verify:
+                    self._verify_own(changes)
+                return
             self.catch_up(upto=generation - 1)
+        self.catch_up(upto=generation)
 
     def _writer_connection(self) -> Connection:
         conn = self._writer
@@ -339,6 +368,24 @@ class Database:
                     raise AssertionError(f"{ch.cls} {ch.ref}: catch-up decoded {ch.values}, "
                                          f"SQLAlchemy reads {stored}")
 
+    def _verify_own(self, changes: list[Change]) -> None:
+        """The rows a writer handed to the cache are the stored rows (XAPI_DB_VERIFY)."""
+        with self.engine.connect() as conn:
+            for ch in changes:
+                if ch.op == "del":
+                    continue
+                table = self.tables[ch.cls]
+                row = conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().first()
+                if row is None or row["_modified"] != ch.modified:
+                    continue  # changed since by a later commit
+                stored = self._change_from_row(ch.cls, ch.op, row)
+                if (stored.values, stored.created, stored.modified) != (ch.values, ch.created, ch.modified):
+                    diff = {k: (ch.values.get(k), v) for k, v in stored.values.items()
+                            if ch.values.get(k) != v}
+                    raise AssertionError(f"{ch.cls} {ch.ref}: cached row differs from the stored one: "
+                                         f"{diff} created/modified {(ch.created, ch.modified)} vs "
+                                         f"{(stored.created, stored.modified)}")
+
     def _change_from_row(self, cls: str, op: str, row) -> Change:
         return Change(cls, row["_ref"], op, self._values_from_row(cls, row), row["_created"],
                       row["_modified"])
@@ -382,6 +429,7 @@ class Transaction:
         self.conn = conn
         self._cursor = conn.connection.dbapi_connection.cursor()
         self._ops: dict[tuple[str, str], str | None] = {}
+        self.wrote: dict[tuple[str, str], str] = {}  # the committed ops (_finish)
         # What this transaction wrote, normalized as the database gives it back:
         # the whole row of objects it created, the changed fields of others.
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -677,33 +725,27 @@ class Transaction:
         elif op == "del":
             self._ops[key] = "del"
 
-    def _finish(self) -> tuple[list[Change] | None, int]:
-        """Log and stamp the changes (on PostgreSQL, commit too); the changes for
-        the cache and the new generation.  None for the changes when they
-        cannot be known without reading back (the writer catches up instead)."""
-        ops = {k: v for k, v in self._ops.items() if v is not None}
+    def _finish(self) -> int:
+        """Log and stamp the changes (on PostgreSQL, commit too); the new generation
+        (the cache's, when nothing was written)."""
+        ops = self.wrote = {k: v for k, v in self._ops.items() if v is not None}
         if not ops:
             self._send_private()
-            return [], self.db.cache.generation
+            return self.db.cache.generation
         if self.conn.dialect.name == "postgresql":
-            generation = self._log_pipelined(ops)
-        else:
-            generation = self._log(ops)
-        with self.db.cache.lock:
-            changes = self._changes(ops, generation)
-        if changes is not None and self.db.verify:
-            self._verify(changes)
-        return changes, generation
+            return self._log_pipelined(ops)
+        return self._log(ops)
 
-    def _changes(self, ops: dict, generation: int) -> list[Change] | None:
-        # With the cache at the generation before ours, a cached row is the stored
-        # row as this transaction found it, and that plus what it wrote is the
-        # stored row now.  Otherwise other processes committed in between (or a
-        # modified object is not cached): read ours back with theirs.
-        if generation != self.db.cache.generation + 1:
-            return None
+    def _changes(self, generation: int) -> list[Change] | None:
+        """The committed changes as the cache takes them, computed with the cache
+        at the generation before ours (the caller holds its lock).  A row this
+        transaction wrote or touched was locked by it from that write to the
+        commit, so any other commit that changed it is an earlier generation
+        (in the cache now) or a later one: the cached row plus what this
+        transaction wrote is the stored row.  None when an object it modified is
+        not cached (read it back instead)."""
         changes = []
-        for (cls, ref), op in ops.items():
+        for (cls, ref), op in self.wrote.items():
             if op == "mod" and self.db.cache.get(cls, ref) is None:
                 return None
             changes.append(self._change(cls, ref, op, generation))
@@ -802,23 +844,6 @@ class Transaction:
             return Change(cls, ref, op, self._rows[key], generation, generation)
         row = self.db.cache.get(cls, ref)
         return Change(cls, ref, op, {**row.values, **self._changed.get(key, {})}, row.created, generation)
-
-    def _verify(self, changes: list[Change]) -> None:
-        """The rows handed to the cache are the stored rows (XAPI_DB_VERIFY)."""
-        for ch in changes:
-            if ch.op == "del":
-                continue
-            table = self.db.tables[ch.cls]
-            row = self.conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().first()
-            if row is None or row["_modified"] != ch.modified:
-                continue  # committed already (PostgreSQL) and changed since by a later commit
-            stored = self.db._change_from_row(ch.cls, ch.op, row)
-            if (stored.values, stored.created, stored.modified) != (ch.values, ch.created, ch.modified):
-                diff = {k: (ch.values.get(k), v) for k, v in stored.values.items() if ch.values.get(k) != v}
-                raise AssertionError(f"{ch.cls} {ch.ref}: cached row differs from the stored one: "
-                                     f"{diff} created/modified {(ch.created, ch.modified)} vs "
-                                     f"{(stored.created, stored.modified)}")
-
 
 def _stamps(ops: dict) -> dict[tuple[str, str], list[str]]:
     """(class, "add"/"mod") → the refs whose _created/_modified to stamp."""

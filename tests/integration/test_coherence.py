@@ -67,6 +67,60 @@ def test_own_commit_first_pulls_in_the_gap(two):
     assert [e[0] for e in a.cache.journal] == [1, 2]
 
 
+def _count_reads(db) -> list[tuple[int, int | None]]:
+    """Record each change-log read of ``db``: (since, upto)."""
+    reads: list[tuple[int, int | None]] = []
+    real_read = db.changelog.read
+    db.changelog.read = lambda since, upto=None: reads.append((since, upto)) or real_read(since, upto)
+    return reads
+
+
+def test_own_commit_is_never_read_back(two):
+    """With no listener, a writer reads only the other process's generations
+    before its own from the change log; its own rows it knows."""
+    a, b = two
+    net = _network_from(b)
+    reads = _count_reads(a)
+    with a.write() as tx:  # generation 2, on top of b's rename it has not seen
+        tx.update("network", net, {"name_description": "by a"})
+    assert reads == [(0, 1)]
+    row = a.cache.get("network", net)
+    assert (row.values["name_label"], row.values["name_description"]) == ("from b", "by a")
+    assert a.cache.generation == 2
+
+
+def test_a_writer_leaves_earlier_commits_to_the_listener(two):
+    """While the listener hears every commit, a writer whose commit follows
+    other processes' waits for the listener to apply theirs, then applies its
+    own: nothing is read from the change log."""
+    a, b = two
+    if a.dialect != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite runs one process")
+    real_hear = a.hear
+
+    def slow_hear(payloads):
+        time.sleep(0.05)  # so that a's writer commits before the listener applied b's
+        real_hear(payloads)
+
+    a.hear = slow_hear
+    listener = ChangeListener(a, poll_interval=30).start()
+    try:
+        assert _wait(lambda: a.hearing)
+        reads = _count_reads(a)
+        net = _network_from(b)
+        with b.write() as tx:
+            tx.update("network", net, {"name_label": "renamed by b"})
+        with a.write() as tx:
+            tx.update("network", net, {"name_description": "by a"})
+        assert reads == []
+        assert a.cache.generation == 3
+        row = a.cache.get("network", net)
+        assert (row.values["name_label"], row.values["name_description"]) == ("renamed by b", "by a")
+        assert [e[0] for e in a.cache.journal] == [1, 2, 3]
+    finally:
+        listener.stop()
+
+
 def test_postgresql_notify_wakes_the_listener(two):
     a, b = two
     if a.dialect != "postgresql":
