@@ -137,6 +137,7 @@ class Database:
         # True while a ChangeListener applies every commit as it is announced
         # (db/listen.py): writers then leave other processes' commits to it.
         self.hearing = False
+        self._own_generation = 0  # the latest commit of this process's writers
         self.changelog = ChangeLogReader(self)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -192,6 +193,7 @@ class Database:
                 self._writer_used = time.monotonic()
                 if tx is not None:
                     tx.close()
+            self._own_generation = max(self._own_generation, generation)
             if not self.hearing:
                 self._apply_own(tx, generation)
                 return
@@ -232,6 +234,29 @@ class Database:
                 return
             self.catch_up(upto=generation - 1)
         self.catch_up(upto=generation)
+
+    def await_own(self) -> None:
+        """Return once every commit of this process's writers is in the cache.
+
+        Writers hand theirs over after leaving the write lock (``_apply_own``),
+        so the next transaction may start before the cache has the last one.
+        Its rows it reads and locks in the database; a decision taken from the
+        cache's sums instead (a host's free memory, ``xapi/claims.py``) waits
+        here to count the commits made before it in this process."""
+        target = self._own_generation
+        cache = self.cache
+        if target <= cache.generation:
+            return
+        deadline = time.monotonic() + _HEAR_WAIT
+        with cache.advanced:
+            while cache.generation < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                cache.advanced.wait(remaining)
+            else:
+                return
+        self.catch_up(upto=target)
 
     def _writer_connection(self) -> Connection:
         conn = self._writer

@@ -6,7 +6,10 @@ halted.  A start checks the host's free memory inside its claim transaction,
 under the write lock: summing over every VM there would make each start cost
 a scan of all VMs while every other writer waits.  Instead the sums per host
 follow the VM changes the cache applies (its listeners run under its lock,
-in generation order), so a query costs a dictionary lookup.
+in generation order), so a query costs a dictionary lookup.  A writer hands
+its commit to the cache after leaving the write lock, so the check first
+waits for this process's earlier commits to be there
+(``Database.await_own``).
 """
 
 from __future__ import annotations

@@ -121,6 +121,41 @@ def test_a_writer_leaves_earlier_commits_to_the_listener(two):
         listener.stop()
 
 
+def test_await_own_waits_for_a_commit_still_on_its_way_to_the_cache(two):
+    """A writer hands its commit to the cache after leaving the write lock; a
+    decision taken from the cache (a host's free memory) must count it."""
+    import threading
+
+    a, b = two
+    if a.dialect != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite applies a commit before the next")
+    real_hear = a.hear
+
+    def slow_hear(payloads):
+        time.sleep(0.1)
+        real_hear(payloads)
+
+    a.hear = slow_hear
+    listener = ChangeListener(a, poll_interval=30).start()
+    try:
+        assert _wait(lambda: a.hearing)
+        net = _network_from(b)  # generation 1, which a's listener is slow to apply
+
+        def rename():
+            with a.write() as tx:  # generation 2: its apply waits for generation 1
+                tx.update("network", net, {"name_label": "renamed by a"})
+
+        writer = threading.Thread(target=rename)
+        writer.start()
+        assert _wait(lambda: a._own_generation == 2, 5)
+        a.await_own()
+        assert a.cache.generation >= 2
+        assert a.cache.get("network", net).values["name_label"] == "renamed by a"
+        writer.join(5)
+    finally:
+        listener.stop()
+
+
 def test_postgresql_notify_wakes_the_listener(two):
     a, b = two
     if a.dialect != "postgresql":

@@ -51,7 +51,9 @@ def free_memory(rt: Runtime, host_ref: str, exclude_vm: str | None = None) -> in
     host = _host(rt, host_ref)
     metrics = rt.cache.get("host_metrics", host["metrics"])
     total = metrics.values["memory_total"] if metrics else 0
-    # Kept per host from the cache's changes (xapi/claims.py): no scan of every VM.
+    # Kept per host from the cache's changes (xapi/claims.py): no scan of every VM,
+    # once the cache holds the claims this process committed just before.
+    rt.db.await_own()
     return total - claims.claims(rt).used(host_ref, exclude_vm)
 
 
