@@ -45,6 +45,7 @@ from typing import Any, Iterator
 from psycopg import RawCursor, pq
 from sqlalchemy import Table, create_engine, event, select, text, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
 from xapi.errors import ApiError
 from xapi.idl.model import Cls, Model, model as load_model
@@ -99,6 +100,23 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def make_writer_engine(url: str) -> Engine:
+    """PostgreSQL: the engine of the writers' kept connection.  Not pooled, and
+    psycopg prepares nothing on it: the statements ``db/pgpipeline.py`` prepares
+    there must not meet psycopg's ``DEALLOCATE ALL`` at a rollback.  Their plans
+    are generic from the first use: each finds rows by primary key, which a
+    plan for the values at hand cannot improve on, and planning was most of
+    PostgreSQL's work on them."""
+    engine = create_engine(url, poolclass=NullPool,
+                           connect_args={"options": "-c plan_cache_mode=force_generic_plan"})
+
+    @event.listens_for(engine, "connect")
+    def _no_psycopg_prepare(dbapi_conn, _record):
+        dbapi_conn.prepare_threshold = None
+
+    return engine
+
+
 def _copy(value: Any) -> Any:
     """A copy of a JSON-shaped value, so a caller cannot change a cached row."""
     if type(value) is dict:
@@ -116,6 +134,8 @@ class Database:
         self.url = url
         self.model = model or load_model()
         self.engine = make_engine(url)
+        self._writer_engine = (make_writer_engine(url) if self.engine.dialect.name == "postgresql"
+                               else self.engine)
         self.classes: dict[str, Cls] = {c.name: c for c in stored_classes(self.model)}
         self.tables: dict[str, Table] = {
             name: metadata.tables[table_name(name)] for name in self.classes
@@ -163,6 +183,7 @@ class Database:
         with self.changelog.lock:
             self.changelog.close()
         self.engine.dispose()
+        self._writer_engine.dispose()
 
     @property
     def dialect(self) -> str:
@@ -269,7 +290,7 @@ class Database:
                 self._drop_writer()
                 conn = None
         if conn is None:
-            conn = self._writer = self.engine.connect()
+            conn = self._writer = self._writer_engine.connect()
         return conn
 
     def _drop_writer(self) -> None:

@@ -138,3 +138,80 @@ def test_a_connection_on_a_high_descriptor_works(database):
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def writer_conn(database, conn):
+    """``conn`` as the writers' connection is: psycopg prepares nothing on it."""
+    conn.prepare_threshold = None
+    return conn
+
+
+def prepared_here(conn) -> dict[str, str]:
+    """This session's prepared statements: SQL → name (asked outside a transaction)."""
+    return {sql: name for name, sql in
+            conn.execute("SELECT name, statement FROM pg_prepared_statements").fetchall()}
+
+
+INSERT = "INSERT INTO t VALUES ($1, $2)"
+SELECT = "SELECT k, v FROM t WHERE k = ANY($1) AND (v IS NULL OR v <> $2) ORDER BY k"
+
+
+def test_a_statement_seen_twice_is_prepared_and_answers_the_same(database, writer_conn):
+    c = writer_conn
+    for k in (1, 2, 3):
+        pgpipeline.exchange(c, [(INSERT, (k, None if k == 2 else f"v{k}")),
+                                (SELECT, ([1, 2, 3], "v3"))], begin=True, commit=True)
+        if k == 1:
+            c.commit()
+            assert prepared_here(c) == {}  # once is not enough
+    c.commit()
+    assert set(prepared_here(c)) == {INSERT, SELECT}
+    # The prepared ones take text: a list, a NULL, an integer as before.
+    got = pgpipeline.exchange(c, [(SELECT, ([1, 2, 3], "v3"))], begin=True, commit=True)
+    assert got == [[("1", "v1"), ("2", None)]]
+    assert rows(database, "SELECT k, v FROM t ORDER BY k") == [(1, "v1"), (2, None), (3, "v3")]
+
+
+def test_prepared_statements_outlive_a_failed_transaction(database, writer_conn):
+    c = writer_conn
+    for k in (1, 2):
+        pgpipeline.exchange(c, [(INSERT, (k, "x"))], begin=True, commit=True)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        pgpipeline.exchange(c, [(INSERT, (3, "x")), (INSERT, (1, "again"))], begin=True, commit=True)
+    c.rollback()
+    pgpipeline.exchange(c, [(INSERT, (4, "x"))], begin=True, commit=True)
+    assert INSERT in prepared_here(c)
+    assert rows(database, "SELECT k FROM t ORDER BY k") == [(1,), (2,), (4,)]
+
+
+def test_a_statement_that_cannot_be_prepared_runs_unprepared(database, writer_conn):
+    c = writer_conn
+    untyped = "SELECT $1 IS NULL"  # with no type given, PostgreSQL cannot infer $1's
+    assert pgpipeline.exchange(c, [(untyped, (5,))], begin=True, commit=True) == [[("f",)]]
+    with pytest.raises(psycopg.errors.IndeterminateDatatype):
+        pgpipeline.exchange(c, [(untyped, (5,))], begin=True, commit=True)
+    c.rollback()
+    assert pgpipeline.exchange(c, [(untyped, (5,))], begin=True, commit=True) == [[("f",)]]
+    assert untyped not in prepared_here(c)
+
+
+def test_nothing_is_prepared_where_psycopg_prepares(database, conn):
+    assert conn.prepare_threshold is not None
+    for k in (1, 2, 3):
+        pgpipeline.exchange(conn, [(INSERT, (k, "x"))], begin=True, commit=True)
+    assert INSERT not in prepared_here(conn)
+
+
+def test_the_writer_prepares_its_commit_statements(database):
+    """The writers' connection keeps the commit statements prepared."""
+    from xapi.refs import make_ref, make_uuid
+
+    database.upgrade()
+    database.load()
+    for i in range(3):
+        with database.write() as tx:
+            tx.insert("network", make_ref(), {"uuid": make_uuid(), "name_label": f"n{i}"})
+    with database.write() as tx:
+        statements = prepared_here(tx.conn.connection.dbapi_connection)
+    assert any(sql.startswith("WITH g AS (UPDATE xapi_generation") for sql in statements)
