@@ -70,6 +70,11 @@ _IDLE_PING = 1.0
 
 NOTIFY_CHANNEL = "xapi_changes"
 
+# PostgreSQL: how many transactions one process runs at once.  A writer's
+# transaction is mostly round trips and waits for the GIL; one at a time, the
+# other threads of a busy worker spent half their time queueing for it.
+WRITERS = 4
+
 # How long a writer waits for the listener to bring the cache up to its own
 # commit before reading the missing generations from the change log itself.
 _HEAR_WAIT = 0.2
@@ -146,13 +151,15 @@ class Database:
         self.relations = {(r.to_cls, r.to_field): r for r in self.model.relations
                           if r.to_cls in self.classes and r.from_cls in self.classes
                           and self.classes[r.from_cls].fields[r.from_field].type.kind == "ref"}
-        # One in-process writer at a time: keeps SQLite happy and makes the
-        # cache see commits in generation order.
-        self._write_lock = threading.Lock()
+        # Writers of this process at once: one on SQLite, which takes one at a
+        # time; on PostgreSQL a few, each on a kept connection of its own, their
+        # transactions ordered by row locks and their commits by the generation's.
+        self._writer_slots = threading.BoundedSemaphore(
+            WRITERS if self.engine.dialect.name == "postgresql" else 1)
         self.raw_sql = RawSql(self.engine.dialect)
-        # The writers' connection, kept: they run one at a time anyway.
-        self._writer: Connection | None = None
-        self._writer_used = 0.0
+        # The writers' idle connections, kept, with when each was last used.
+        self._idle_writers: list[tuple[Connection, float]] = []
+        self._writers_guard = threading.Lock()  # the list above and _own_generation
         self.verify = os.environ.get("XAPI_DB_VERIFY", "") not in ("", "0")
         # True while a ChangeListener applies every commit as it is announced
         # (db/listen.py): writers then leave other processes' commits to it.
@@ -178,8 +185,10 @@ class Database:
         self.cache.apply(changes, generation, baseline=True)
 
     def close(self) -> None:
-        with self._write_lock:
-            self._drop_writer()
+        with self._writers_guard:
+            idle, self._idle_writers = self._idle_writers, []
+        for conn, _ in idle:
+            _discard(conn)
         with self.changelog.lock:
             self.changelog.close()
         self.engine.dispose()
@@ -193,8 +202,8 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator["Transaction"]:
-        with self._write_lock:
-            conn = self._writer_connection()
+        with self._writer_slots:
+            conn = self._take_writer()
             tx = None
             try:
                 conn.begin()
@@ -207,14 +216,17 @@ class Database:
                     raise
                 conn.commit()
             except BaseException:
-                if conn.invalidated or conn.closed or _dbapi_closed(conn):
-                    self._drop_writer()
-                raise
-            finally:
-                self._writer_used = time.monotonic()
                 if tx is not None:
                     tx.close()
-            self._own_generation = max(self._own_generation, generation)
+                if conn.invalidated or conn.closed or _dbapi_closed(conn):
+                    _discard(conn)
+                else:
+                    self._give_back(conn)
+                raise
+            tx.close()
+            with self._writers_guard:
+                self._idle_writers.append((conn, time.monotonic()))
+                self._own_generation = max(self._own_generation, generation)
             if not self.hearing:
                 self._apply_own(tx, generation)
                 return
@@ -279,28 +291,23 @@ class Database:
                 return
         self.catch_up(upto=target)
 
-    def _writer_connection(self) -> Connection:
-        conn = self._writer
-        if conn is not None and self.dialect != "sqlite" \
-                and time.monotonic() - self._writer_used > _IDLE_PING:
+    def _take_writer(self) -> Connection:
+        """An idle kept connection (pinged first when it has been idle a while:
+        PostgreSQL may have restarted meanwhile), or a new one."""
+        with self._writers_guard:
+            conn, used = self._idle_writers.pop() if self._idle_writers else (None, 0.0)
+        if conn is not None and self.dialect != "sqlite" and time.monotonic() - used > _IDLE_PING:
             try:
                 conn.exec_driver_sql("SELECT 1")
                 conn.rollback()
             except Exception:
-                self._drop_writer()
+                _discard(conn)
                 conn = None
-        if conn is None:
-            conn = self._writer = self._writer_engine.connect()
-        return conn
+        return conn if conn is not None else self._writer_engine.connect()
 
-    def _drop_writer(self) -> None:
-        conn, self._writer = self._writer, None
-        if conn is not None:
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:
-                pass
+    def _give_back(self, conn: Connection) -> None:
+        with self._writers_guard:
+            self._idle_writers.append((conn, time.monotonic()))
 
     def catch_up(self, upto: int | None = None) -> int:
         """Apply changes committed by other processes since the cache's generation.
@@ -395,7 +402,7 @@ class Database:
     def trim_changes(self, keep: int = changelog_mod.KEEP_GENERATIONS) -> int:
         """Forget change-log entries older than ``keep`` generations (the GC calls this)."""
         if self.dialect == "sqlite":  # one writer at a time there
-            with self._write_lock:
+            with self._writer_slots:
                 return self.changelog.trim(keep)
         return self.changelog.trim(keep)
 
@@ -448,7 +455,7 @@ class Database:
             ).scalar_one_or_none()
 
     def set_password_hash(self, user: str, password_hash: str) -> None:
-        with self._write_lock, self.engine.begin() as conn:
+        with self._writer_slots, self.engine.begin() as conn:
             conn.execute(text('DELETE FROM xapi_auth WHERE "user" = :u'), {"u": user})
             conn.execute(
                 text('INSERT INTO xapi_auth ("user", password_hash) VALUES (:u, :h)'),
@@ -841,25 +848,43 @@ class Transaction:
             writes, rest = [], writes
         commit = raw.commit_statement(tuple((sql, len(rows)) for sql, rows in writes))
         params = log + tuple(p for _, rows in writes for row in rows for p in row) + notify
+        locks = self._touched_locks(ops)
         if not rest:
-            return int(pgpipeline.exchange(dbapi, [(commit, params)], commit=True)[0][0][0])
+            return int(pgpipeline.exchange(dbapi, [*locks, (commit, params)],
+                                           commit=True)[-1][0][0])
         bump = RawCursor(dbapi)  # the statement's placeholders are $n (commit_statement)
+        lock = RawCursor(dbapi)
         try:
             with dbapi.pipeline():
+                for sql, lock_params in locks:
+                    lock.execute(sql, lock_params)
                 bump.execute(commit, params)
                 for sql, rows in rest:
                     self._cursor.executemany(sql, rows)
                 dbapi.commit()  # queued in the pipeline (Database.write's commit is then a no-op)
             return bump.fetchone()[0]
         finally:
+            lock.close()
             bump.close()
+
+    def _touched_locks(self, ops: dict) -> list[tuple[str, tuple]]:
+        """Statements locking the rows this transaction only touched (a derived set
+        of theirs changed), to run before the bump: the commit stamps them, and
+        the generation's lock must never wait for a row's, or a transaction
+        holding that row and waiting for the generation would deadlock with it."""
+        unheld: dict[str, list[str]] = {}
+        for (cls, ref), op in ops.items():
+            if op == "mod" and (cls, ref) not in self._locked and (cls, ref) not in self._rows:
+                unheld.setdefault(cls, []).append(ref)
+        return [(self._sql(cls).lock_many, (refs,)) for cls, refs in sorted(unheld.items())]
 
     def _stamped_writes(self, ops: dict) -> list[tuple[str, list[tuple]]]:
         """The commit's writes: (statement, parameter rows), each stamping its rows
         with the new generation.  The deferred ones touch only rows this
         transaction created or holds locked (see the class's docstring), so none
         of them waits for another transaction's lock while the generation's is
-        held; then the stamps of the rows written earlier or only touched."""
+        held; then the stamps of the rows written earlier or only touched (those
+        locked just before the bump, ``_touched_locks``)."""
         out: list[tuple[str, list[tuple]]] = []
         grouped: dict[tuple[str, Any], list[tuple]] = {}
         for key in self._unsent:
@@ -898,6 +923,14 @@ def _stamps(ops: dict) -> dict[tuple[str, str], list[str]]:
         if op in ("add", "mod"):
             out.setdefault((cls, op), []).append(ref)
     return out
+
+
+def _discard(conn: Connection) -> None:
+    try:
+        conn.invalidate()
+        conn.close()
+    except Exception:
+        pass
 
 
 def _dbapi_closed(conn: Connection) -> bool:

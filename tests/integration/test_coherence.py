@@ -354,3 +354,50 @@ def test_map_and_set_changes_from_two_processes_lose_nothing(two):
     row = b.cache.get("network", net).values
     assert sorted(row["other_config"]) == sorted(f"{p}{i}" for p in "ab" for i in range(30))
     assert sorted(row["tags"]) == sorted(f"{p}{i}" for p in "ab" for i in range(30))
+
+
+def test_a_touched_row_is_locked_before_the_generation(two):
+    """A commit that touches a row another transaction holds (creating a VBD
+    touches its VM) waits for that row before it takes the generation's lock;
+    taking them the other way round, the holder's own commit would deadlock
+    with it."""
+    import threading
+
+    a, b = two
+    if a.dialect != "postgresql":
+        pytest.skip("SQLite takes one writer at a time: nothing to deadlock")
+    vm, vbd = make_ref(), make_ref()
+    with a.write() as tx:
+        tx.insert("VM", vm, {"uuid": make_uuid()})
+    holding, go = threading.Event(), threading.Event()
+    errors = []
+
+    def holder():
+        try:
+            with a.write() as tx:
+                tx.update("VM", vm, {"name_label": "held"})  # the VM's row lock, until commit
+                holding.set()
+                go.wait(10)
+        except Exception as exc:
+            errors.append(exc)
+
+    def toucher():
+        try:
+            with b.write() as tx:
+                tx.insert("VBD", vbd, {"uuid": make_uuid(), "VM": vm})
+        except Exception as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert holding.wait(10)
+    second = threading.Thread(target=toucher)
+    second.start()
+    time.sleep(0.3)  # the toucher is now waiting for the VM's row
+    go.set()
+    first.join(15)
+    second.join(15)
+    assert errors == []
+    a.catch_up()
+    assert a.cache.get("VM", vm).values["name_label"] == "held"
+    assert a.cache.get("VBD", vbd).values["VM"] == vm
