@@ -97,9 +97,17 @@ def exchange(conn: Connection, commands: Sequence[tuple[str, Sequence[Any]]], *,
     # (sql, name, prepare first, values, types, formats), adapted before anything is
     # sent: a value that cannot be fails here.
     queries = []
+    naming: dict[bytes, bytes] = {}  # prepared earlier in this exchange
     for sql, params in commands:
         sql_bytes = sql.encode()
-        name, prepare = prepared.name_for(sql_bytes) if prepared is not None else (None, False)
+        if sql_bytes in naming:
+            name, prepare = naming[sql_bytes], False
+        elif prepared is not None:
+            name, prepare = prepared.name_for(sql_bytes)
+            if prepare:
+                naming[sql_bytes] = name
+        else:
+            name, prepare = None, False
         if name is None:
             values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
             queries.append((sql_bytes, None, False, values, tx.types, tx.formats))

@@ -224,8 +224,8 @@ class Database:
                     self._give_back(conn)
                 raise
             tx.close()
+            self._give_back(conn)
             with self._writers_guard:
-                self._idle_writers.append((conn, time.monotonic()))
                 self._own_generation = max(self._own_generation, generation)
             if not self.hearing:
                 self._apply_own(tx, generation)

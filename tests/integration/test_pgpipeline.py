@@ -215,3 +215,13 @@ def test_the_writer_prepares_its_commit_statements(database):
     with database.write() as tx:
         statements = prepared_here(tx.conn.connection.dbapi_connection)
     assert any(sql.startswith("WITH g AS (UPDATE xapi_generation") for sql in statements)
+
+
+def test_a_statement_twice_in_one_exchange_is_prepared_once(database, writer_conn):
+    c = writer_conn
+    pgpipeline.exchange(c, [(INSERT, (1, "x"))], begin=True, commit=True)
+    pgpipeline.exchange(c, [(INSERT, (2, "x")), (INSERT, (3, "x"))], begin=True, commit=True)
+    c.commit()
+    assert len(c.execute("SELECT name FROM pg_prepared_statements").fetchall()) == 1
+    assert INSERT in prepared_here(c)
+    assert rows(database, "SELECT k FROM t ORDER BY k") == [(1,), (2,), (3,)]
