@@ -65,8 +65,7 @@ from bench.report import REPO, publish
 
 from bench.events import (Client, Conn, code_version, connect, http_request,
                           json_request, log, login, loud, machine_busy, machine_steal, nproc,
-                          pct,
-                          raise_fd_limit)
+                          pct, raise_fd_limit)
 
 SECTION = "## VM lifecycle (issue 4)"
 STARTS_TARGET = 100.0  # starts per second, at least

@@ -248,11 +248,7 @@ class Database:
         deadline = time.monotonic() + _HEAR_WAIT
         while True:
             with cache.advanced:
-                while generation > cache.generation + 1 and self.hearing:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    cache.advanced.wait(remaining)
+                self._await_heard(generation - 1, deadline)
                 if generation <= cache.generation:
                     return  # the listener, or a catch-up, applied it from the database
                 changes = None
@@ -280,16 +276,21 @@ class Database:
         cache = self.cache
         if target <= cache.generation:
             return
-        deadline = time.monotonic() + _HEAR_WAIT
         with cache.advanced:
-            while cache.generation < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                cache.advanced.wait(remaining)
-            else:
+            self._await_heard(target, time.monotonic() + _HEAR_WAIT)
+            if target <= cache.generation:
                 return
         self.catch_up(upto=target)
+
+    def _await_heard(self, generation: int, deadline: float) -> None:
+        """Under ``cache.advanced``: wait until the cache holds ``generation``, while
+        the listener hears and ``deadline`` has not passed."""
+        cache = self.cache
+        while cache.generation < generation and self.hearing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            cache.advanced.wait(remaining)
 
     def _take_writer(self) -> Connection:
         """An idle kept connection (pinged first when it has been idle a while:
@@ -406,38 +407,38 @@ class Database:
                 return self.changelog.trim(keep)
         return self.changelog.trim(keep)
 
-    def _verify(self, changes: list[Change]) -> None:
-        """Rows read back by a catch-up are what SQLAlchemy reads (XAPI_DB_VERIFY)."""
+    def _stored_rows(self, changes: list[Change]) -> Iterator[tuple[Change, Any]]:
+        """Each change but a deletion with the row stored now, when it still exists
+        (for the XAPI_DB_VERIFY checks)."""
         with self.engine.connect() as conn:
             for ch in changes:
                 if ch.op == "del":
                     continue
                 table = self.tables[ch.cls]
                 row = conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().first()
-                if row is None:
-                    continue  # deleted since
-                stored = self._values_from_row(ch.cls, row)
-                if stored != ch.values and row["_modified"] == ch.modified:
-                    raise AssertionError(f"{ch.cls} {ch.ref}: catch-up decoded {ch.values}, "
-                                         f"SQLAlchemy reads {stored}")
+                if row is not None:
+                    yield ch, row
+
+    def _verify(self, changes: list[Change]) -> None:
+        """Rows read back by a catch-up are what SQLAlchemy reads (XAPI_DB_VERIFY)."""
+        for ch, row in self._stored_rows(changes):
+            stored = self._values_from_row(ch.cls, row)
+            if stored != ch.values and row["_modified"] == ch.modified:
+                raise AssertionError(f"{ch.cls} {ch.ref}: catch-up decoded {ch.values}, "
+                                     f"SQLAlchemy reads {stored}")
 
     def _verify_own(self, changes: list[Change]) -> None:
         """The rows a writer handed to the cache are the stored rows (XAPI_DB_VERIFY)."""
-        with self.engine.connect() as conn:
-            for ch in changes:
-                if ch.op == "del":
-                    continue
-                table = self.tables[ch.cls]
-                row = conn.execute(select(table).where(table.c._ref == ch.ref)).mappings().first()
-                if row is None or row["_modified"] != ch.modified:
-                    continue  # changed since by a later commit
-                stored = self._change_from_row(ch.cls, ch.op, row)
-                if (stored.values, stored.created, stored.modified) != (ch.values, ch.created, ch.modified):
-                    diff = {k: (ch.values.get(k), v) for k, v in stored.values.items()
-                            if ch.values.get(k) != v}
-                    raise AssertionError(f"{ch.cls} {ch.ref}: cached row differs from the stored one: "
-                                         f"{diff} created/modified {(ch.created, ch.modified)} vs "
-                                         f"{(stored.created, stored.modified)}")
+        for ch, row in self._stored_rows(changes):
+            if row["_modified"] != ch.modified:
+                continue  # changed since by a later commit
+            stored = self._change_from_row(ch.cls, ch.op, row)
+            if (stored.values, stored.created, stored.modified) != (ch.values, ch.created, ch.modified):
+                diff = {k: (ch.values.get(k), v) for k, v in stored.values.items()
+                        if ch.values.get(k) != v}
+                raise AssertionError(f"{ch.cls} {ch.ref}: cached row differs from the stored one: "
+                                     f"{diff} created/modified {(ch.created, ch.modified)} vs "
+                                     f"{(stored.created, stored.modified)}")
 
     def _change_from_row(self, cls: str, op: str, row) -> Change:
         return Change(cls, row["_ref"], op, self._values_from_row(cls, row), row["_created"],
